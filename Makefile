@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh machine: `make bench` and `make test`. Both create .venv when missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PEFTBENCH := $(VENV)/bin/peftbench
+# Extras installed into the venv; CI adds ray so the Ray executor test runs there.
+EXTRAS ?= dev
+comma := ,
+
+TASK ?= sst2
+METHODS ?= full,lora,adalora,dora
+# One default budget for every budgeted method (full fine-tuning is the unbudgeted reference); BUDGETS=none: method defaults.
+BUDGETS ?= 0.3M
+SEEDS ?= 0
+DATA ?= sample
+MODEL ?= minilm-l6
+PROFILE ?= quick
+RESULTS ?= results
+JOBS ?= 1
+
+budget_flag = $(if $(filter none,$(BUDGETS)),,--budgets $(BUDGETS))
+
+.PHONY: venv test bench lint clean-runs
+
+# torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+
+$(VENV)/.installed-$(subst $(comma),_,$(EXTRAS)): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+venv: $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
+
+test: venv
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+
+bench: venv
+	HF_HUB_OFFLINE=1 $(PEFTBENCH) sweep --tasks $(TASK) --methods $(METHODS) $(budget_flag) --seeds $(SEEDS) \
+		--data $(DATA) --model $(MODEL) --profile $(PROFILE) --results $(RESULTS) --jobs $(JOBS)
+
+lint: venv
+	$(VENV)/bin/ruff check peftbench tests scripts
+
+clean-runs:
+	rm -rf $(RESULTS)/runs

@@ -1,0 +1,3 @@
+from peftbench.harness.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""The one contract every method (built-in or plugin) fulfils; the runner calls nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from peftbench.errors import BudgetError
+
+# Modules trained by every method and reported apart from the adapter budget.
+HEAD_MODULES: tuple[str, ...] = ("classifier", "qa_outputs", "score")
+# Transformer blocks are numbered (encoder.layer.3.attention...); only Linear layers inside them are targets,
+# so the pooler and the task head are never wrapped.
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ParamReport:
+    trainable: int
+    adapter: int
+    head: int
+    total: int
+    # AdaLoRA only: the adapter count before pruning (its peak); `adapter` is what is retained at the end.
+    adapter_peak: int | None = None
+
+
+@dataclass(frozen=True)
+class TargetMatrix:
+    """An nn.Linear to adapt: its module path and weight shape (d_out x d_in)."""
+
+    name: str
+    d_in: int
+    d_out: int
+
+    @property
+    def layer(self) -> int | None:
+        m = _LAYER_INDEX.search("." + self.name + ".")
+        return int(m.group(1)) if m else None
+
+    @property
+    def kind(self) -> str:
+        """Module type without the layer prefix, e.g. 'attention.self.query'."""
+        m = _LAYER_INDEX.search("." + self.name + ".")
+        return self.name[m.end() - 1 :] if m else self.name
+
+
+@dataclass(frozen=True)
+class ApplyPlan:
+    """What `apply` needs to know up front (AdaLoRA's schedule depends on the total number of steps)."""
+
+    total_steps: int
+    targets: tuple[str, ...]
+    head_modules: tuple[str, ...] = HEAD_MODULES
+
+
+@dataclass(frozen=True)
+class BudgetSolution:
+    config: Any
+    achieved: int
+    detail: str
+
+
+def is_head_param(name: str, head_modules: tuple[str, ...] = HEAD_MODULES) -> bool:
+    return name.split(".", 1)[0] in head_modules
+
+
+def find_targets(model: nn.Module, targets: tuple[str, ...], head_modules: tuple[str, ...] = HEAD_MODULES):
+    """Linear layers inside numbered blocks whose path ends with one of `targets` (e.g. 'query', 'dense')."""
+    found: list[TargetMatrix] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or is_head_param(name, head_modules):
+            continue
+        if _LAYER_INDEX.search("." + name + ".") is None:
+            continue
+        if any(name == t or name.endswith("." + t) for t in targets):
+            found.append(TargetMatrix(name, module.in_features, module.out_features))
+    return found
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def freeze_all_but_head(model: nn.Module, head_modules: tuple[str, ...] = HEAD_MODULES) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_head_param(name, head_modules))
+
+
+def count_params(model: nn.Module, head_modules: tuple[str, ...] = HEAD_MODULES) -> ParamReport:
+    trainable = head = total = 0
+    for name, p in model.named_parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+            if is_head_param(name, head_modules):
+                head += p.numel()
+    return ParamReport(trainable=trainable, adapter=trainable - head, head=head, total=total)
+
+
+def solve_integer_rank(
+    method: str, budget: int, per_rank: int, fixed: int, max_rank: int, field: str = "r"
+) -> tuple[int, int]:
+    """Rank r minimising |fixed + r*per_rank - budget|, within [1, max_rank]; else a BudgetError with the
+    nearest achievable count. Returns (rank, achieved)."""
+    lo, hi = fixed + per_rank, fixed + per_rank * max_rank
+    if budget < lo // 2 or budget > hi * 3 // 2 or budget <= 0:
+        nearest = lo if budget < lo else hi
+        raise BudgetError(
+            f"{method} cannot reach a budget of {fmt_count(budget)} on these targets "
+            f"({field}=1 gives {fmt_count(lo)}, {field}={max_rank} gives {fmt_count(hi)}); "
+            f"nearest achievable: {fmt_count(nearest)}"
+        )
+    r = min(max(round((budget - fixed) / per_rank), 1), max_rank)
+    return r, fixed + r * per_rank
+
+
+def fmt_count(n: float) -> str:
+    if abs(n) >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    if abs(n) >= 1e3:
+        return f"{n / 1e3:.3g}K"
+    return str(int(n))
+
+
+class Adapter(ABC):
+    """A fine-tuning method. One instance per run; it may keep state (AdaLoRA's allocator) between hooks."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+    # Learning rate used when the user sets none; part of the resolved (hashed) config.
+    default_lr: ClassVar[float] = 1e-3
+    # False for the unbudgeted reference (full fine-tuning).
+    budgeted: ClassVar[bool] = True
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abstractmethod
+    def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
+        """Wrap target modules in place, freeze the rest (the head stays trainable), return the model."""
+
+    @classmethod
+    def check_plan(cls, config: Any, plan: ApplyPlan) -> None:
+        """Reject a config that cannot work with this plan (e.g. a schedule longer than the run), before any
+        model is loaded. Raise UsageError with a one-line message saying which values would work."""
+
+    def param_report(self, model: nn.Module) -> ParamReport:
+        return count_params(model)
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        """After optimizer.step(), before zero_grad(); only on steps where gradients were synced.
+        `step` is the 0-based index of the optimizer step just taken (0 .. plan.total_steps - 1)."""
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def diagnostics(self) -> dict:
+        return {}
+
+    @classmethod
+    def adapter_count(cls, targets: list[TargetMatrix], config: Any) -> int:
+        """Adapter parameters (head excluded) this config will have at the end of training."""
+        raise NotImplementedError(f"{cls.__name__} does not count budgets")
+
+    @classmethod
+    def for_budget(cls, targets: list[TargetMatrix], budget: int, base: Any) -> BudgetSolution:
+        """Solve this method's hyper-parameters so its adapter count meets `budget`."""
+        raise BudgetError(f"method {cls.name!r} takes no budget; drop --budget for it")
+
+
+def config_replace(config: Any, **changes: Any) -> Any:
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,26 @@
+"""Full fine-tuning: every weight trains. The unbudgeted reference row of every comparison."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from peftbench.adapters.base import Adapter, ApplyPlan
+
+
+@dataclass(frozen=True)
+class FullConfig:
+    pass
+
+
+class FullAdapter(Adapter):
+    name = "full"
+    config_cls = FullConfig
+    default_lr = 5e-5
+    budgeted = False
+
+    def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model

@@ -1,0 +1,275 @@
+"""The `peftbench` command. Logging is configured here and nowhere else; user errors exit 2 on one line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from peftbench.errors import UsageError
+
+log = logging.getLogger("peftbench")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers like 0,1,2, got {value!r}") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="minilm-l6", help="alias (minilm-l6), local model directory or hub id")
+    p.add_argument("--data", default="sample", help="sample (bundled, offline), hub, or a directory of JSONL files")
+    p.add_argument("--profile", default="quick", help="training preset: quick, standard, regress")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a method or train setting (repeatable), e.g. --set r=16 --set lr=5e-4",
+    )
+    p.add_argument("--results", default="results", type=Path, help="results directory (records go to runs/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftbench", description="Benchmark PEFT methods at fixed budgets.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="methods and tasks in the registry")
+
+    p = sub.add_parser("run", help="train and evaluate one configuration")
+    p.add_argument("--task")
+    p.add_argument("--method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", default=None, help="adapter parameter budget: 0.3M, 150K, 0.5%%")
+    p.add_argument("--resolved", default=None, help=argparse.SUPPRESS)
+    _common(p)
+
+    p = sub.add_parser("sweep", help="run a grid of tasks x methods x budgets x seeds, then print the leaderboard")
+    p.add_argument("--tasks", type=_csv, required=True)
+    p.add_argument("--methods", type=_csv, required=True)
+    p.add_argument("--budgets", type=_csv, default=[], help="e.g. 0.3M,1.2M,0.5%%")
+    p.add_argument("--seeds", type=_seeds, default=[0])
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (local executor)")
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "inline", "ray"],
+        help="local: one process per run; inline: in this process; ray: tasks on a Ray cluster",
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start or join a local one)")
+    p.add_argument("--cpus-per-run", type=float, default=1.0)
+    p.add_argument("--gpus-per-run", type=float, default=0.0)
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument("--no-leaderboard", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("leaderboard", help="aggregate run records into tables")
+    p.add_argument("--results", default="results", type=Path)
+    p.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"])
+    p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
+    p.add_argument("--tasks", type=_csv, default=None)
+    p.add_argument("--methods", type=_csv, default=None)
+
+    p = sub.add_parser("plot", help="figures: ranks (AdaLoRA heatmap)")
+    p.add_argument("kind", choices=["ranks"])
+    p.add_argument("record", type=Path, help="a run record JSON")
+    p.add_argument("--out", type=Path, required=True, help="output path (PNG; an SVG is written beside it)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    for noisy in ("datasets", "transformers", "accelerate", "urllib3", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_list(args) -> int:
+    from peftbench import registry
+
+    print("methods:")
+    for name in registry.adapters.names():
+        cls = registry.adapters.get(name)
+        doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip()
+        print(f"  {name:10s} {doc.splitlines()[0] if doc else ''}")
+    print("tasks:")
+    for name in registry.tasks.names():
+        t = registry.tasks.get(name)
+        print(f"  {name:10s} {t.family:6s} primary={t.primary_metric:22s} {t.description}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from peftbench.harness.plan import RunRequest, resolve
+    from peftbench.harness.runner import execute
+    from peftbench.harness.sweep import load_resolved
+
+    if args.resolved:
+        cfg = load_resolved(args.resolved)
+    else:
+        if not args.task or not args.method:
+            raise UsageError("run needs --task and --method (see `peftbench list`)")
+        cfg = resolve(
+            RunRequest(
+                task=args.task,
+                method=args.method,
+                seed=args.seed,
+                model=args.model,
+                data=args.data,
+                budget=args.budget,
+                sets=tuple(args.sets),
+                profile=args.profile,
+            )
+        )
+    rec = execute(cfg, args.results, progress=not args.quiet and sys.stderr.isatty())
+    if rec["status"] != "ok":
+        print(f"run failed: {rec['error']} (record: {rec['_path']})", file=sys.stderr)
+        return 1
+    m = rec["metrics"]
+    p = rec["params"]
+    print(
+        f"{cfg.task}/{cfg.method} seed {cfg.seed}: {m['primary_name']} = {m['primary']:.4f}; "
+        f"adapter params {p['adapter']:,}, trainable {p['trainable']:,}; "
+        f"{rec['perf']['train_seconds']:.1f} s; record {rec['_path']}"
+    )
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from peftbench.harness.sweep import expand, plan, run_sweep
+
+    requests = expand(
+        args.tasks,
+        args.methods,
+        args.budgets,
+        args.seeds,
+        model=args.model,
+        data=args.data,
+        sets=tuple(args.sets),
+        profile=args.profile,
+    )
+    planned = plan(requests, args.results)
+    if args.dry_run:
+        print(_plan_table(planned))
+        return 0
+    todo = sum(not p.done for p in planned)
+    log.info("sweep: %d configs, %d to run, %d already done", len(planned), todo, len(planned) - todo)
+    outcome = run_sweep(
+        planned,
+        args.results,
+        jobs=args.jobs,
+        executor=args.executor,
+        progress=not args.quiet and sys.stderr.isatty(),
+        ray_address=args.address,
+        ray_resources={"num_cpus": args.cpus_per_run, "num_gpus": args.gpus_per_run},
+    )
+    if not args.no_leaderboard:
+        _print_leaderboard(args.results, {p.config.config_hash for p in planned})
+    if outcome.failed:
+        print(f"{len(outcome.failed)} run(s) failed:", file=sys.stderr)
+        for f in outcome.failed:
+            print(f"  {f}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _plan_table(planned) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for p in planned:
+        c = p.config
+        rows.append(
+            {
+                "task": c.task,
+                "method": c.method,
+                "budget": c.budget or "-",
+                "requested": c.budget_requested or "-",
+                "hparams": _hparams(c.method_config),
+                "seed": c.seed,
+                "record": p.status,
+            }
+        )
+    return tabulate(rows, headers="keys", tablefmt="github")
+
+
+def _hparams(mc: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in mc.items() if not isinstance(v, (list, dict)))
+
+
+def _print_leaderboard(results: Path, hashes: set[str] | None = None, tasks=None, methods=None) -> None:
+    from peftbench.harness.aggregate import runs_frame, summarize
+    from peftbench.harness.leaderboard import render
+
+    df = runs_frame(results)
+    if not df.empty:
+        if hashes is not None:
+            df = df[df["config_hash"].isin(hashes)]
+        if tasks:
+            df = df[df["task"].isin(tasks)]
+        if methods:
+            df = df[df["method"].isin(methods)]
+    print(render(summarize(df)))
+
+
+def cmd_leaderboard(args) -> int:
+    from peftbench.harness.aggregate import runs_frame, summarize
+    from peftbench.harness.leaderboard import render
+
+    df = runs_frame(args.results)
+    if not df.empty:
+        if args.tasks:
+            df = df[df["task"].isin(args.tasks)]
+        if args.methods:
+            df = df[df["method"].isin(args.methods)]
+    text = render(summarize(df), args.format)
+    if args.out:
+        from peftbench.records import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    import json
+
+    from peftbench.harness import plots
+
+    try:
+        data = json.loads(args.record.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read record {args.record}: {e}") from None
+    diag = data.get("diagnostics") or {}
+    if args.kind == "ranks":
+        if not diag.get("final_ranks") and not diag.get("ranks"):
+            raise UsageError(f"{args.record} has no rank diagnostics (only AdaLoRA runs have them)")
+        written = plots.plot_ranks(diag, args.out)
+    for w in written:
+        print(f"wrote {w}")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "plot": cmd_plot}

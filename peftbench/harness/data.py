@@ -1,0 +1,169 @@
+"""Rows for a task from one of three sources (bundled sample, local directory, hub), checked row by row,
+and their features, tokenised once per (task, data, model, max_length) and cached on disk."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from peftbench.errors import UsageError
+from peftbench.tasks.base import Features, TaskSpec
+
+log = logging.getLogger(__name__)
+
+SAMPLE_ROOT = Path(__file__).resolve().parent.parent / "tasks" / "data"
+_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PEFTBENCH_CACHE", Path.home() / ".cache" / "peftbench"))
+
+
+def splits_needed(task: TaskSpec) -> list[str]:
+    return [task.train_split, *(e.split for e in task.eval_splits)]
+
+
+def _split_file(task_dir: Path, split: str) -> Path | None:
+    for suffix in _SUFFIXES:
+        p = task_dir / f"{split}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def local_task_dir(task: TaskSpec, source: str) -> Path:
+    """Directory holding `<split>.jsonl[.gz]` for this task under a data root. Accepts the HF-schema layout
+    `<root>/glue/<config>/` and the flat `<root>/<task>/`."""
+    root = SAMPLE_ROOT if source == "sample" else Path(source).expanduser()
+    if source != "sample" and not root.is_dir():
+        raise UsageError(
+            f"data directory {source!r} does not exist; pass --data sample, --data hub or a directory "
+            f"laid out as <dir>/{task.local_dir}/<split>.jsonl"
+        )
+    for cand in (root / task.local_dir, root / task.name):
+        if cand.is_dir():
+            return cand
+    if source == "sample":
+        raise UsageError(
+            f"task {task.name!r} has no bundled sample rows; use --data hub (needs internet) or "
+            f"--data DIR with {task.local_dir}/<split>.jsonl files"
+        )
+    raise UsageError(
+        f"data directory {source!r} has no {task.local_dir}/ folder for task {task.name!r}; "
+        f"expected {root / task.local_dir}/<split>.jsonl"
+    )
+
+
+def split_file(task: TaskSpec, source: str, split: str) -> Path:
+    task_dir = local_task_dir(task, source)
+    p = _split_file(task_dir, split)
+    if p is None:
+        raise UsageError(
+            f"{task_dir} has no {split}.jsonl (needed for task {task.name!r}); "
+            f"splits needed: {', '.join(splits_needed(task))}"
+        )
+    return p
+
+
+def data_fingerprint(task: TaskSpec, source: str) -> str:
+    """Content hash of the files a run reads (hub: the dataset name, as the hub has no content hash here)."""
+    if source == "hub":
+        return f"hub:{task.hub_path}:{task.hub_config or ''}"
+    h = hashlib.sha256()
+    for split in splits_needed(task):
+        p = split_file(task, source, split)
+        h.update(split.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    out = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+    return out
+
+
+def check_rows(task: TaskSpec, rows: list[tuple[int, Any]], where: str) -> list[dict]:
+    for lineno, row in rows:
+        problem = "not a JSON object" if not isinstance(row, dict) else task.check_row(row)
+        if problem:
+            raise UsageError(f"{where}:{lineno}: {problem}; fix the row or remove it")
+    if not rows:
+        raise UsageError(f"{where}: no rows")
+    return [r for _, r in rows]
+
+
+def _load_local(task: TaskSpec, source: str, split: str) -> list[dict]:
+    path = split_file(task, source, split)
+    # Check line by line first so a bad row is named by file and line, not by a cast error deep in arrow.
+    check_rows(task, _read_jsonl(path), str(path))
+    import datasets
+
+    ds = datasets.load_dataset("json", data_files={split: str(path)}, split=split)
+    return ds.to_list()
+
+
+def _load_hub(task: TaskSpec, split: str) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(task.hub_path, task.hub_config, split=split)
+    except Exception as e:  # the hub client raises many types; all mean the same to the user
+        raise UsageError(
+            f"could not load {task.hub_path} {task.hub_config or ''} split {split} from the hub "
+            f"({type(e).__name__}); without internet use --data sample or --data DIR"
+        ) from None
+    return check_rows(task, list(enumerate(ds.to_list(), 1)), f"{task.hub_path}/{task.hub_config}/{split}")
+
+
+def load_rows(task: TaskSpec, source: str, split: str, limit: int = 0) -> list[dict]:
+    rows = _load_hub(task, split) if source == "hub" else _load_local(task, source, split)
+    if limit and limit < len(rows):
+        if task.family == "squad":
+            rows = rows[:limit]  # keep whole paragraphs together: the files are in article order
+        else:
+            # A fixed subset, the same for every seed and method, so their scores compare on the same rows.
+            keep = sorted(random.Random(0).sample(range(len(rows)), limit))
+            rows = [rows[i] for i in keep]
+    return rows
+
+
+# --- features -----------------------------------------------------------------------------------------------
+
+
+def featurize_cached(
+    task: TaskSpec, rows: list[dict], tokenizer, key: dict[str, Any], max_length: int, train: bool
+) -> Features:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = cache_dir() / "features" / f"{task.name}-{digest}.json.gz"
+    if path.is_file():
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                d = json.load(f)
+            return Features(d["columns"], d.get("meta", {}))
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("ignoring unreadable feature cache %s (%s)", path, e)
+    feats = task.featurize(rows, tokenizer, max_length, train)
+    try:
+        blob = gzip.compress(json.dumps({"columns": feats.columns, "meta": feats.meta}).encode(), compresslevel=1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home must not stop a run
+        log.warning("could not cache features at %s (%s)", path, e)
+    return feats

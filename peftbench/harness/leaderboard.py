@@ -1,0 +1,148 @@
+"""Leaderboard tables from the aggregated frame: per task and budget, and a GLUE summary across tasks."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from tabulate import tabulate
+
+from peftbench import registry
+from peftbench.errors import UsageError
+from peftbench.harness.aggregate import NO_BUDGET
+
+FORMATS = {"md": "github", "latex": "latex", "html": "html"}
+
+
+def _scale(task: str) -> float:
+    """GLUE metrics are fractions, shown as percentages like the GLUE board; SQuAD's are already 0-100."""
+    try:
+        return 100.0 if registry.tasks.get(task).family == "glue" else 1.0
+    except UsageError:
+        return 1.0
+
+
+def _pm(mean: float | None, std: float | None, scale: float) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "missing"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean * scale:.2f}"
+    return f"{mean * scale:.2f} ± {std * scale:.2f}"
+
+
+def _count(n) -> str:
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    n = float(n)
+    return f"{n / 1e6:.3f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
+def _mib(b) -> str:
+    return "-" if b is None or (isinstance(b, float) and math.isnan(b)) else f"{b / 2**20:.0f}"
+
+
+def _get(row: pd.Series, key: str):
+    v = row.get(key)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def task_tables(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, table) per task and budget. Unbudgeted rows (full FT) appear in every budget's table."""
+    out = []
+    for task, g in summary.groupby("task", sort=True):
+        scale = _scale(task)
+        budgets = sorted(b for b in g["budget"].unique() if b != NO_BUDGET)
+        metric_names = sorted(
+            {
+                c[len("metric.") : -len(".mean")]
+                for c in g.columns
+                if c.startswith("metric.") and c.endswith(".mean") and g[c].notna().any()
+            }
+        )
+        for budget in budgets or [NO_BUDGET]:
+            rows = g[(g["budget"] == budget) | (g["budget"] == NO_BUDGET)]
+            best = rows["primary.mean"].max() if "primary.mean" in rows and rows["primary.mean"].notna().any() else None
+            table = []
+            for _, r in rows.sort_values(["budget", "method"]).iterrows():
+                primary = _pm(_get(r, "primary.mean"), _get(r, "primary.std"), scale)
+                if best is not None and _get(r, "primary.mean") == best:
+                    primary = f"**{primary}**"
+                entry = {
+                    "method": r["method"],
+                    "budget": r["budget"],
+                    f"{r['primary_name']} (primary)": primary,
+                    "n": int(r["n"]),
+                }
+                if r.get("failed"):
+                    entry["n"] = f"{int(r['n'])} ({int(r['failed'])} failed)"
+                for m in metric_names:
+                    if m != r["primary_name"]:
+                        entry[m] = _pm(_get(r, f"metric.{m}.mean"), _get(r, f"metric.{m}.std"), scale)
+                entry["adapter params"] = _count(_get(r, "adapter"))
+                entry["trainable"] = _count(_get(r, "trainable"))
+                sps = _get(r, "samples_per_s")
+                entry["samples/s"] = "-" if sps is None else f"{sps:.1f}"
+                entry["peak MiB"] = _mib(_get(r, "peak_memory_bytes"))
+                table.append(entry)
+            title = task if budget == NO_BUDGET else f"{task} @ {budget}"
+            out.append((title, pd.DataFrame(table)))
+    return out
+
+
+def glue_summary(summary: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per (method, budget), one column per GLUE task (primary metric mean) and their average."""
+    glue_tasks = [t for t in sorted(summary["task"].unique()) if _scale(t) == 100.0]
+    if not glue_tasks:
+        return None
+    g = summary[summary["task"].isin(glue_tasks)]
+    budgets = sorted(b for b in g["budget"].unique() if b != NO_BUDGET) or [NO_BUDGET]
+    rows = []
+    for budget in budgets:
+        block = g[(g["budget"] == budget) | (g["budget"] == NO_BUDGET)]
+        entries = []
+        for method, m in block.groupby("method", sort=True):
+            entry = {"method": method, "budget": budget if (m["budget"] != NO_BUDGET).any() else NO_BUDGET}
+            vals = []
+            for t in glue_tasks:
+                r = m[m["task"] == t]
+                v = r["primary.mean"].iloc[0] if len(r) and "primary.mean" in r else math.nan
+                entry[t] = v * 100 if not math.isnan(v) else math.nan
+                vals.append(entry[t])
+            entry["GLUE avg"] = sum(vals) / len(vals) if not any(math.isnan(v) for v in vals) else math.nan
+            entries.append(entry)
+        best = max((e["GLUE avg"] for e in entries if not math.isnan(e["GLUE avg"])), default=None)
+        for e in entries:
+            e["table budget"] = budget
+            e["best"] = "*" if best is not None and e["GLUE avg"] == best else ""
+            rows.append(e)
+    return pd.DataFrame(rows)
+
+
+def render(summary: pd.DataFrame, fmt: str = "md") -> str:
+    if summary.empty:
+        return "no run records found"
+    if fmt == "csv":
+        return summary.to_csv(index=False)
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; valid formats: md, csv, latex, html")
+    parts = []
+    for title, table in task_tables(summary):
+        parts.append(_heading(title, fmt))
+        parts.append(tabulate(table, headers="keys", tablefmt=FORMATS[fmt], showindex=False))
+    glue = glue_summary(summary)
+    if glue is not None and glue["GLUE avg"].notna().any() and len(glue.columns) > 6:
+        shown = glue.copy()
+        for c in shown.columns:
+            if shown[c].dtype.kind == "f":
+                shown[c] = shown[c].map(lambda v: "missing" if math.isnan(v) else f"{v:.2f}")
+        parts.append(_heading("GLUE summary (primary metric, mean over seeds; * best average per budget)", fmt))
+        parts.append(tabulate(shown, headers="keys", tablefmt=FORMATS[fmt], showindex=False))
+    return "\n\n".join(parts) + "\n"
+
+
+def _heading(title: str, fmt: str) -> str:
+    if fmt == "html":
+        return f"<h3>{title}</h3>"
+    if fmt == "latex":
+        return f"% {title}"
+    return f"### {title}"

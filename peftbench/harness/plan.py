@@ -1,0 +1,151 @@
+"""From what the user asked for to a resolved, hashable RunConfig: names looked up, model resolved, `--set`
+applied, budget solved. Everything here runs before any training, so bad input fails fast."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import logging
+from dataclasses import dataclass
+
+from peftbench import registry
+from peftbench.adapters.base import ApplyPlan, TargetMatrix, find_targets, is_head_param
+from peftbench.config import (
+    PROFILES,
+    ModelRef,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    parse_budget,
+    split_overrides,
+    to_jsonable,
+)
+from peftbench.errors import BudgetError, UsageError
+from peftbench.harness.data import data_fingerprint, split_file
+from peftbench.harness.models import resolve_model
+from peftbench.harness.train import plan_steps
+from peftbench.registry import unknown_name_message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    task: str
+    method: str
+    seed: int = 0
+    model: str = "minilm-l6"
+    data: str = "sample"
+    budget: str | None = None
+    sets: tuple[str, ...] = ()
+    profile: str = "quick"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    targets: tuple[TargetMatrix, ...]
+    base_params: int  # the base model without the task head: what a percentage budget refers to
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_model(name: str) -> ModelRef:
+    return resolve_model(name)
+
+
+@functools.lru_cache(maxsize=64)
+def model_shape(model: ModelRef, task_name: str, targets: tuple[str, ...]) -> ModelShape:
+    """Target shapes from the architecture alone: the model is built on the meta device, no weights read."""
+    import torch
+    from transformers import AutoConfig
+
+    task = registry.tasks.get(task_name)
+    try:
+        hf_config = AutoConfig.from_pretrained(model.path, revision=model.revision, **task.model_kwargs())
+    except (OSError, ValueError) as e:
+        raise UsageError(
+            f"cannot read the model config of {model.name!r} ({type(e).__name__}); "
+            f"pass a model directory with config.json or a reachable hub id"
+        ) from None
+    with torch.device("meta"):
+        skeleton = task.model_class().from_config(hf_config)
+    found = find_targets(skeleton, targets)
+    if not found:
+        raise UsageError(
+            f"no nn.Linear of {model.name!r} matches targets {list(targets)}; "
+            f"set train targets, e.g. --set targets=query,value"
+        )
+    base = sum(p.numel() for n, p in skeleton.named_parameters() if not is_head_param(n))
+    return ModelShape(tuple(found), base)
+
+
+def count_train_rows(task, data: str, cap: int) -> int | None:
+    if data == "hub":
+        return None
+    path = split_file(task, data, task.train_split)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        n = sum(1 for line in f if line.strip())
+    return min(n, cap) if cap else n
+
+
+def resolve(req: RunRequest) -> RunConfig:
+    task = registry.tasks.get(req.task)
+    adapter_cls = registry.adapters.get(req.method)
+    if req.profile not in PROFILES:
+        raise UsageError(unknown_name_message("profile", req.profile, sorted(PROFILES)))
+    model = _cached_model(req.model)
+    m_over, t_over = split_overrides(list(req.sets), adapter_cls.config_cls, req.method)
+    train = apply_overrides(TrainConfig, TrainConfig(**PROFILES[req.profile]), t_over, "train")
+    if train.lr <= 0:
+        train = dataclasses.replace(train, lr=adapter_cls.default_lr)
+    _check_train(train)
+    method_cfg = apply_overrides(adapter_cls.config_cls, adapter_cls.config_cls(), m_over, req.method)
+    data_hash = data_fingerprint(task, req.data)
+    requested = None
+    if req.budget is not None:
+        if not adapter_cls.budgeted:
+            raise BudgetError(f"method {req.method!r} is the unbudgeted reference; drop --budget for it")
+        shape = model_shape(model, task.name, train.targets)
+        requested = parse_budget(req.budget, shape.base_params)
+        method_cfg = adapter_cls.for_budget(list(shape.targets), requested, method_cfg).config
+    n_rows = count_train_rows(task, req.data, train.train_rows)
+    if n_rows is not None and task.head != "span":
+        # Span tasks have more features than rows; the runner checks again with the exact count.
+        adapter_cls.check_plan(method_cfg, ApplyPlan(plan_steps(n_rows, train), train.targets))
+    return RunConfig(
+        task=task.name,
+        method=req.method,
+        seed=req.seed,
+        model=model,
+        data=req.data,
+        data_hash=data_hash,
+        method_config=to_jsonable(method_cfg),
+        train=train,
+        budget=req.budget,
+        budget_requested=requested,
+        profile=req.profile,
+        task_version=task.version,
+    )
+
+
+def method_config_of(cfg: RunConfig):
+    adapter_cls = registry.adapters.get(cfg.method)
+    c = adapter_cls.config_cls
+    values = {}
+    hints = {f.name: f for f in dataclasses.fields(c)}
+    for k, v in cfg.method_config.items():
+        values[k] = tuple(v) if isinstance(v, list) and k in hints else v
+    return c(**values)
+
+
+def _check_train(t: TrainConfig) -> None:
+    for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size"):
+        if getattr(t, name) < 1:
+            raise UsageError(f"train setting {name} must be >= 1, got {getattr(t, name)}")
+    if t.epochs <= 0 and t.max_steps <= 0:
+        raise UsageError("set epochs > 0 or max_steps > 0")
+    if t.precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"precision must be auto, fp32 or bf16, got {t.precision!r}")
+    if not 0 <= t.warmup_ratio < 1:
+        raise UsageError(f"warmup_ratio must be in [0, 1), got {t.warmup_ratio}")

@@ -1,0 +1,246 @@
+"""The training loop: reads top to bottom. Batching, schedule, accumulate, clip, step, adapter hooks, evaluate.
+
+The adapter is reached only through its interface (`extra_loss`, `on_step_end`); this file never asks which
+method it is running.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from peftbench.adapters.base import Adapter
+from peftbench.config import TrainConfig
+from peftbench.errors import TrainingDiverged
+from peftbench.harness.measure import PeakMemory
+from peftbench.tasks.base import Features, Scored, TaskSpec
+
+log = logging.getLogger(__name__)
+
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+# --- batching --------------------------------------------------------------------------------------------------
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, rng: np.random.Generator, group: bool = True, mega: int = 50
+) -> list[list[int]]:
+    """Shuffled batches of similar-length examples: shuffle, cut into mega-batches of `mega` batches, sort each
+    by length, slice, then shuffle the batch order. Padding drops to a few tokens per batch."""
+    order = rng.permutation(len(lengths))
+    if not group:
+        return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    span = batch_size * mega
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span].tolist(), key=lambda i: -lengths[i])
+        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
+    perm = rng.permutation(len(batches))
+    return [batches[i] for i in perm]
+
+
+def collate(features: Features, idx: list[int], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    cols = features.columns
+    width = pad_to or max(len(cols["input_ids"][i]) for i in idx)
+    batch: dict[str, torch.Tensor] = {}
+    for key in _INPUTS:
+        if key not in cols:
+            continue
+        fill = pad_id if key == "input_ids" else 0
+        rows = [cols[key][i] + [fill] * (width - len(cols[key][i])) for i in idx]
+        batch[key] = torch.tensor(rows, dtype=torch.long)
+    for key, values in cols.items():
+        if key in _INPUTS:
+            continue
+        vals = [values[i] for i in idx]
+        batch[key] = torch.tensor(vals, dtype=torch.float32 if isinstance(vals[0], float) else torch.long)
+    return batch
+
+
+def plan_steps(n_examples: int, cfg: TrainConfig) -> int:
+    """Optimizer steps the run will take: known before the model is built (AdaLoRA's schedule needs it)."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = math.ceil(n_examples / cfg.batch_size)
+    return max(1, math.floor(per_epoch * cfg.epochs / cfg.grad_accum))
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, features: Features, batch_size: int, pad_id: int, device: torch.device, autocast
+) -> dict[str, list[np.ndarray]]:
+    """Model outputs per feature, in feature order, trimmed to each feature's own length where per-token."""
+    was_training = model.training
+    model.eval()
+    lengths = [len(x) for x in features.columns["input_ids"]]
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    outputs: dict[str, list[np.ndarray | None]] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(features, idx, pad_id).items() if k in _INPUTS}
+        with autocast():
+            out = model(**batch)
+        for name in ("logits", "start_logits", "end_logits"):
+            value = getattr(out, name, None)
+            if value is None:
+                continue
+            arr = value.float().cpu().numpy()
+            slot = outputs.setdefault(name, [None] * len(lengths))
+            for row, i in enumerate(idx):
+                slot[i] = arr[row, : lengths[i]] if arr.ndim == 2 and name != "logits" else arr[row]
+    model.train(was_training)
+    return outputs  # type: ignore[return-value]
+
+
+def evaluate(
+    task: TaskSpec,
+    model: nn.Module,
+    eval_sets: dict[str, tuple[Features, list[dict], str]],
+    cfg: TrainConfig,
+    pad_id: int,
+    device: torch.device,
+    autocast,
+) -> tuple[dict[str, float], dict[str, Scored]]:
+    metrics: dict[str, float] = {}
+    scored: dict[str, Scored] = {}
+    for split, (features, rows, prefix) in eval_sets.items():
+        outputs = predict(model, features, cfg.eval_batch_size, pad_id, device, autocast)
+        s = task.score(outputs, features, rows)
+        scored[split] = s
+        metrics.update({f"{prefix}{k}": v for k, v in s.metrics.items()})
+    return metrics, scored
+
+
+# --- training --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]
+    scored: dict[str, Scored]
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    loss_history: list[list[float]] = field(default_factory=list)
+    perf: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+
+
+def train(
+    task: TaskSpec,
+    model: nn.Module,
+    adapter: Adapter,
+    train_features: Features,
+    eval_sets: dict[str, tuple[Features, list[dict], str]],
+    cfg: TrainConfig,
+    total_steps: int,
+    seed: int,
+    pad_id: int,
+    accelerator,
+    progress: bool = True,
+) -> TrainResult:
+    device = accelerator.device
+    model.to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    rng = np.random.default_rng(seed)
+    lengths = [len(x) for x in train_features.columns["input_ids"]]
+    pad_to = None if cfg.group_by_length else cfg.max_length
+    mem = PeakMemory(device)
+
+    def micro_batches():
+        # Endless stream of epochs; the step count, not the epoch, ends training.
+        while True:
+            yield from length_grouped_batches(lengths, cfg.batch_size, rng, cfg.group_by_length)
+
+    stream = micro_batches()
+    loss_history: list[list[float]] = []
+    eval_history: list[dict[str, Any]] = []
+    step_times: list[float] = []
+    examples = tokens = 0
+    log_every = max(1, total_steps // 200)
+    bar = _progress(total_steps, progress)
+    t_start = time.perf_counter()
+    for step in range(total_steps):
+        t0 = time.perf_counter()
+        task_loss_sum = extra_sum = 0.0
+        for _ in range(cfg.grad_accum):
+            idx = next(stream)
+            batch = {k: v.to(device) for k, v in collate(train_features, idx, pad_id, pad_to).items()}
+            with accelerator.autocast():
+                out = model(**batch)
+                loss = out.loss
+                extra = adapter.extra_loss(model)
+                total = loss if extra is None else loss + extra
+            accelerator.backward(total / cfg.grad_accum)
+            task_loss_sum += loss.detach().float().item()
+            if extra is not None:
+                extra_sum += extra.detach().float().item()
+            examples += len(idx)
+            tokens += int(batch["attention_mask"].sum())
+        task_loss = task_loss_sum / cfg.grad_accum
+        if not math.isfinite(task_loss) or not math.isfinite(extra_sum):
+            raise TrainingDiverged(step, f"loss is {task_loss} (extra loss {extra_sum / cfg.grad_accum})")
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        # The adapter's hook sees the gradients of this step (AdaLoRA's importance needs them), so it runs
+        # after the update and before they are cleared.
+        adapter.on_step_end(model, step)
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_times.append(time.perf_counter() - t0)
+        if step % log_every == 0 or step == total_steps - 1:
+            loss_history.append([step, round(task_loss, 6), round(extra_sum / cfg.grad_accum, 6)])
+        if bar is not None:
+            bar.update(1)
+            if step % 10 == 0:
+                elapsed = time.perf_counter() - t_start
+                bar.set_postfix(loss=f"{task_loss:.4f}", samples_s=f"{examples / max(elapsed, 1e-9):.1f}")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
+            m, _ = evaluate(task, model, eval_sets, cfg, pad_id, device, accelerator.autocast)
+            eval_history.append({"step": step + 1, **m})
+    train_seconds = time.perf_counter() - t_start
+    if bar is not None:
+        bar.close()
+    metrics, scored = evaluate(task, model, eval_sets, cfg, pad_id, device, accelerator.autocast)
+    eval_history.append({"step": total_steps, **metrics})
+    perf = {
+        "train_seconds": round(train_seconds, 3),
+        "train_samples_per_second": round(examples / train_seconds, 3),
+        "train_tokens_per_second": round(tokens / train_seconds, 1),
+        "step_time_ms_median": round(1000 * float(np.median(step_times)), 3),
+        "peak_memory_bytes": mem.peak(),
+        "peak_memory_kind": mem.kind,
+        "train_examples": examples,
+        "train_tokens": tokens,
+    }
+    return TrainResult(metrics, scored, eval_history, loss_history, perf, total_steps)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="train", unit="step", dynamic_ncols=True, leave=False)
