@@ -128,7 +128,7 @@ def render(summary: pd.DataFrame, fmt: str = "md") -> str:
     parts = []
     for title, table in task_tables(summary):
         parts.append(_heading(title, fmt))
-        parts.append(tabulate(table, headers="keys", tablefmt=FORMATS[fmt], showindex=False))
+        parts.append(tabulate(table, headers="keys", tablefmt=FORMATS[fmt], showindex=False, disable_numparse=True))
     glue = glue_summary(summary)
     if glue is not None and glue["GLUE avg"].notna().any() and len(glue.columns) > 6:
         shown = glue.copy()
@@ -136,7 +136,7 @@ def render(summary: pd.DataFrame, fmt: str = "md") -> str:
             if shown[c].dtype.kind == "f":
                 shown[c] = shown[c].map(lambda v: "missing" if math.isnan(v) else f"{v:.2f}")
         parts.append(_heading("GLUE summary (primary metric, mean over seeds; * best average per budget)", fmt))
-        parts.append(tabulate(shown, headers="keys", tablefmt=FORMATS[fmt], showindex=False))
+        parts.append(tabulate(shown, headers="keys", tablefmt=FORMATS[fmt], showindex=False, disable_numparse=True))
     return "\n\n".join(parts) + "\n"
 
 

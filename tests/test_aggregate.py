@@ -1,0 +1,86 @@
+"""Aggregation and leaderboards on hand-made records, with numbers worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from peftbench.harness.aggregate import runs_frame, summarize
+from peftbench.harness.cli import main
+from peftbench.harness.leaderboard import render
+from peftbench.records import SCHEMA_VERSION, record_path, write_record
+
+
+def make_record(results, task, method, seed, primary, budget=None, status="ok", adapter=1000, extra=None):
+    h = f"{task}{method}{budget}{seed}".replace(".", "")
+    rec = {
+        "schema_version": SCHEMA_VERSION, "run_id": h, "status": status, "error": None if status == "ok" else "boom",
+        "config": {"task": task, "method": method, "seed": seed, "config_hash": h, "profile": "quick",
+                   "model": {"id": "m"}, "budget": {"spec": budget, "requested": 300000 if budget else None}},
+        "metrics": {"primary_name": "accuracy", "primary": primary if status == "ok" else None,
+                    "all": {"accuracy": primary, **(extra or {})} if status == "ok" else {}},
+        "params": {"adapter": adapter, "trainable": adapter + 770, "head": 770, "total": 10**6},
+        "perf": {"train_samples_per_second": 100.0, "peak_memory_bytes": 2**30, "step_time_ms_median": 5.0},
+    }
+    write_record(record_path(results, task, method, h), rec)
+    return rec
+
+
+def test_mean_std_n_and_t_interval(tmp_path):
+    for seed, acc in enumerate([0.80, 0.82, 0.84]):
+        make_record(tmp_path, "sst2", "lora", seed, acc, budget="0.3M")
+    make_record(tmp_path, "sst2", "lora", 3, 0.0, budget="0.3M", status="failed")
+    s = summarize(runs_frame(tmp_path))
+    row = s.iloc[0]
+    assert row["n"] == 3 and row["failed"] == 1 and row["seeds"] == "0,1,2"
+    assert row["primary.mean"] == pytest.approx(0.82)
+    assert row["primary.std"] == pytest.approx(0.02)
+    # t(0.975, df=2) = 4.302653; 4.302653 * 0.02 / sqrt(3) = 0.049683
+    assert row["primary.ci95"] == pytest.approx(0.049683, abs=1e-6)
+    assert row["metric.accuracy.mean"] == pytest.approx(0.82)
+
+
+def test_single_seed_has_no_std(tmp_path):
+    make_record(tmp_path, "rte", "full", 0, 0.6)
+    row = summarize(runs_frame(tmp_path)).iloc[0]
+    assert row["n"] == 1 and math.isnan(row["primary.std"]) and math.isnan(row["primary.ci95"])
+
+
+def test_full_appears_in_every_budget_table_and_best_is_marked(tmp_path):
+    make_record(tmp_path, "sst2", "full", 0, 0.90, adapter=22_000_000)
+    make_record(tmp_path, "sst2", "lora", 0, 0.85, budget="0.3M")
+    make_record(tmp_path, "sst2", "lora", 0, 0.91, budget="1.2M")
+    text = render(summarize(runs_frame(tmp_path)))
+    assert "### sst2 @ 0.3M" in text and "### sst2 @ 1.2M" in text
+    t03, t12 = text.split("### sst2 @ 1.2M")
+    assert "full" in t03 and "full" in t12
+    assert "**90.00**" in t03  # full beats LoRA at 0.3M
+    assert "**91.00**" in t12
+    assert "22.000M" in text
+
+
+def test_formats(tmp_path, capsys):
+    make_record(tmp_path, "sst2", "lora", 0, 0.85)
+    make_record(tmp_path, "rte", "lora", 0, 0.60)
+    for fmt, needle in [("md", "| method"), ("csv", "task,method,budget"), ("latex", "\\begin{tabular}"),
+                        ("html", "<table>")]:
+        assert main(["leaderboard", "--results", str(tmp_path), "--format", fmt]) == 0
+        assert needle in capsys.readouterr().out
+    out = tmp_path / "lb.md"
+    assert main(["leaderboard", "--results", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "GLUE summary" in text and "72.50" in text  # GLUE avg of 85 and 60
+
+
+def test_missing_cells_are_marked(tmp_path):
+    make_record(tmp_path, "sst2", "lora", 0, 0.85)
+    make_record(tmp_path, "sst2", "dora", 0, 0.0, status="failed")
+    make_record(tmp_path, "rte", "lora", 0, 0.6)
+    text = render(summarize(runs_frame(tmp_path)))
+    assert "0 (1 failed)" in text and "missing" in text
+
+
+def test_empty_results(tmp_path, capsys):
+    assert main(["leaderboard", "--results", str(tmp_path)]) == 0
+    assert "no run records" in capsys.readouterr().out
