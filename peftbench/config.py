@@ -35,7 +35,7 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "fraction of steps with linear warm-up"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: off)"})
-    max_length: int = field(default=128, metadata={"help": "tokens per example (SQuAD: window length)"})
+    max_length: int = field(default=0, metadata={"help": "tokens per example, SQuAD: window length (0: task's)"})
     train_rows: int = field(default=0, metadata={"help": "use at most this many training rows (0: all)"})
     eval_rows: int = field(default=0, metadata={"help": "evaluate on at most this many rows per split (0: all)"})
     eval_every: int = field(default=0, metadata={"help": "also evaluate every N optimizer steps (0: only at the end)"})
@@ -50,7 +50,7 @@ class TrainConfig:
 # Training profiles: named starting points for TrainConfig; --set overrides them field by field.
 PROFILES: dict[str, dict[str, Any]] = {
     # make bench on 2 CPU cores: a few minutes per run on the SST-2 sample.
-    "quick": {"epochs": 1.0, "train_rows": 4000, "max_length": 128},
+    "quick": {"epochs": 1.0, "train_rows": 4000},
     # the whole bundled sample, three epochs: closer to published recipes, for machines with time.
     "standard": {"epochs": 3.0},
     # the CI regression suite: seconds per run.

@@ -13,7 +13,9 @@ from peftbench.config import DEFAULT_TARGETS
 from peftbench.errors import BudgetError
 from tests.conftest import tiny_bert_config
 
-PEFT_TARGETS = r".*\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+PEFT_TARGETS = (
+    r".*\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+)
 
 
 def _base_model(seed=0):

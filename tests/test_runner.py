@@ -97,3 +97,16 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_model_dir, tmp_path):
     assert rec["status"] == "ok"
     assert rec["train"]["total_steps"] == 3
     assert rec["perf"]["train_examples"] == 3 * 2 * 8
+
+
+@pytest.mark.parametrize("task", ["squad", "squad_v2"])
+def test_span_tasks_run_end_to_end(task, tiny_model_dir, tmp_path):
+    rec = quick_run(tiny_model_dir, tmp_path, task=task, method="lora", sets=("max_length=192", "eval_rows=12"))
+    assert rec["status"] == "ok", rec.get("error")
+    m = rec["metrics"]["all"]
+    assert rec["metrics"]["primary_name"] == "f1"
+    assert {"f1"} <= set(m)
+    if task == "squad_v2":
+        assert {"HasAns_f1", "NoAns_f1", "best_f1"} <= set(m)
+    else:
+        assert "exact_match" in m

@@ -99,6 +99,8 @@ def resolve(req: RunRequest) -> RunConfig:
     train = apply_overrides(TrainConfig, TrainConfig(**PROFILES[req.profile]), t_over, "train")
     if train.lr <= 0:
         train = dataclasses.replace(train, lr=adapter_cls.default_lr)
+    if train.max_length <= 0:
+        train = dataclasses.replace(train, max_length=task.max_length)
     _check_train(train)
     method_cfg = apply_overrides(adapter_cls.config_cls, adapter_cls.config_cls(), m_over, req.method)
     data_hash = data_fingerprint(task, req.data)
@@ -140,7 +142,7 @@ def method_config_of(cfg: RunConfig):
 
 
 def _check_train(t: TrainConfig) -> None:
-    for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size"):
+    for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size"):  # max_length resolved by now
         if getattr(t, name) < 1:
             raise UsageError(f"train setting {name} must be >= 1, got {getattr(t, name)}")
     if t.epochs <= 0 and t.max_steps <= 0:

@@ -62,6 +62,8 @@ class TaskSpec:
     eval_splits: tuple[EvalSplit, ...] = (EvalSplit("validation"),)
     label_field: str = "label"
     train_sample_rows: int = 8000
+    # Tokens per example when the run does not set max_length (SQuAD: the window length).
+    max_length: int = 128
     description: str = ""
 
     # --- data checks -------------------------------------------------------------------------------------

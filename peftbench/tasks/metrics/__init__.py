@@ -28,6 +28,7 @@ METRICS_DIR = Path(__file__).resolve().parent
 # family -> task -> (module directory under METRICS_DIR, evaluate config name or None).
 _FAMILIES: dict[str, Callable[[TaskSpec], tuple[str, str | None]]] = {
     "glue": lambda task: ("glue", task.hub_config),
+    "squad": lambda task: (task.name, None),
 }
 
 # Loaded modules, one per (directory, config): evaluate.load copies and imports the script, which is too slow

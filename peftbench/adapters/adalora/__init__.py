@@ -1,0 +1,211 @@
+"""AdaLoRA (Zhang et al., ICLR 2023): SVD-shaped updates P diag(lambda) Q whose singular triplets are pruned
+by importance to a global budget that shrinks on a cubic schedule. Follows peft 0.21's `tuners/adalora`,
+with the orthogonal regulariser returned by `extra_loss` (not hidden in forward) and a parameter-count budget
+mode besides peft's triplet count."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import nn
+
+from peftbench.adapters.adalora.allocator import (
+    BudgetPlan,
+    RankAllocator,
+    plan_budget,
+    planned_count,
+    solve_budget,
+)
+from peftbench.adapters.adalora.config import AdaLoraConfig, Schedule, resolve_schedule
+from peftbench.adapters.adalora.layer import AdaLoraLinear, orth_penalty
+from peftbench.adapters.base import (
+    Adapter,
+    ApplyPlan,
+    BudgetSolution,
+    ParamReport,
+    TargetMatrix,
+    count_params,
+    find_targets,
+)
+from peftbench.adapters.lora import wrap_targets
+from peftbench.errors import UsageError
+
+__all__ = ["AdaLoraAdapter", "AdaLoraConfig", "AdaLoraLinear", "RankAllocator", "orth_penalty"]
+
+logger = logging.getLogger(__name__)
+
+# Curves in the run record keep at most about this many points.
+MAX_CURVE_POINTS = 200
+
+
+class AdaLoraAdapter(Adapter):
+    name = "adalora"
+    config_cls = AdaLoraConfig
+    default_lr = 2e-3
+
+    def __init__(self, config: AdaLoraConfig) -> None:
+        super().__init__(config)
+        self.targets: list[TargetMatrix] = []
+        self.layers: dict[str, AdaLoraLinear] = {}
+        self.allocator: RankAllocator | None = None
+        self.schedule: Schedule | None = None
+        self.budget: BudgetPlan | None = None
+        self._head_modules: tuple[str, ...] = ()
+        self._stride = 1
+        # Index of the optimizer step in progress: extra_loss runs before that step's on_step_end.
+        self._current_step = 0
+        self._budget_curve: list[list[int]] = []
+        self._triplet_curve: list[list[int]] = []
+        self._param_curve: list[list[int]] = []
+        self._orth_curve: list[tuple[int, torch.Tensor]] = []
+
+    @classmethod
+    def check_plan(cls, config: AdaLoraConfig, plan: ApplyPlan) -> None:
+        resolve_schedule(config, plan.total_steps)
+
+    def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
+        c = self.config
+        self.schedule = resolve_schedule(c, plan.total_steps)
+        targets = find_targets(model, plan.targets, plan.head_modules)
+        if not targets:
+            raise UsageError(f"no nn.Linear in the model matches targets {list(plan.targets)}; check --set targets=...")
+        self.budget = plan_budget(targets, c)
+        if c.target_budget is not None and max(self.budget.init_ranks.values()) != c.init_r:
+            logger.info("AdaLoRA init_r=%d derived from target_budget (init_r=%d ignored)", self._r0(), c.init_r)
+        ranks = self.budget.init_ranks
+        shape_rank = {(t.d_in, t.d_out): ranks[t.name] for t in targets}
+        wrap_targets(
+            model,
+            plan,
+            lambda lin: AdaLoraLinear(lin, shape_rank[lin.in_features, lin.out_features], c.alpha, c.dropout),
+        )
+        self.targets = targets
+        self.layers = {t.name: model.get_submodule(t.name) for t in targets}
+        self.allocator = RankAllocator(self.layers, self.budget, self.schedule, c.beta1, c.beta2)
+        self._head_modules = plan.head_modules
+        self._stride = max(1, math.ceil(plan.total_steps / MAX_CURVE_POINTS))
+        logger.info(
+            "AdaLoRA on %d matrices: b(0)=%d, b(T)=%d %s; schedule t_init=%d t_final=%d delta_t=%d of %d steps",
+            len(targets), self.budget.b0, self.budget.bT, self.budget.unit,
+            self.schedule.t_init, self.schedule.t_final, self.schedule.delta_t, plan.total_steps,
+        )  # fmt: skip
+        return model
+
+    def _r0(self) -> int:
+        return max(self.budget.init_ranks.values()) if self.budget else self.config.init_r
+
+    def _sampled(self, step: int) -> bool:
+        return step % self._stride == 0 or (self.schedule is not None and step == self.schedule.total_steps - 1)
+
+    def param_report(self, model: nn.Module) -> ParamReport:
+        if not self.layers:
+            return count_params(model)
+        base = count_params(model, self._head_modules)
+        retained = sum(layer.rank * layer.triplet_cost for layer in self.layers.values())
+        peak = sum(layer.r * layer.triplet_cost for layer in self.layers.values())
+        return ParamReport(trainable=base.trainable, adapter=retained, head=base.head, total=base.total,
+                           adapter_peak=peak)  # fmt: skip
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """gamma * R, to be added to the task loss by the runner (which logs it apart)."""
+        if not self.layers:
+            return None
+        layers = list(self.layers.values())
+        weight = self.config.orth_reg_weight
+        if weight == 0:
+            # Nothing to train, but the orthogonality is still worth a look in the record.
+            if self._wants_orth_sample():
+                with torch.no_grad():
+                    self._record_orth(orth_penalty(layers, self.config.orth_squared))
+            return None
+        reg = orth_penalty(layers, self.config.orth_squared)
+        if self._wants_orth_sample():
+            self._record_orth(reg)
+        return weight * reg
+
+    def _wants_orth_sample(self) -> bool:
+        # With gradient accumulation extra_loss runs once per micro-batch: keep the step's first value only.
+        step = self._current_step
+        return self._sampled(step) and (not self._orth_curve or self._orth_curve[-1][0] != step)
+
+    def _record_orth(self, reg: torch.Tensor) -> None:
+        # Kept as a detached tensor: converting now would synchronise the device on every sampled step.
+        self._orth_curve.append((self._current_step, reg.detach().clone()))
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        """peft's update_and_allocate(global_step=step): `step` is already peft's 0-based index of the optimizer
+        step just taken, so it is passed through unchanged (see RankAllocator)."""
+        if self.allocator is None:
+            raise UsageError("AdaLoRA's on_step_end was called before apply()")
+        budget = self.allocator.step(step)
+        if self._sampled(step):
+            self._budget_curve.append([step, int(budget)])
+            self._triplet_curve.append([step, self.allocator.retained_triplets])
+            self._param_curve.append([step, self.allocator.retained_params])
+        self._current_step = step + 1
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        if self.allocator is not None and self.allocator.finalised:
+            # The final pattern is fixed: make sure no optimizer step left a pruned value non-zero.
+            self.allocator.reapply_mask()
+        for m in model.modules():
+            if isinstance(m, AdaLoraLinear):
+                m.merge()
+        return model
+
+    def diagnostics(self) -> dict:
+        if self.allocator is None or self.budget is None or self.schedule is None:
+            return {}
+        final_ranks = {name: layer.rank for name, layer in self.layers.items()}
+        return {
+            "budget_unit": self.budget.unit,
+            "initial_budget": self.budget.b0,
+            "final_budget": self.budget.bT,
+            "initial_triplets": sum(self.budget.init_ranks.values()),
+            "final_triplets": self.allocator.retained_triplets,
+            "final_params": self.allocator.retained_params,
+            "peak_params": self.allocator.peak_params,
+            "ranks_fixed": self.allocator.finalised,
+            "init_ranks": dict(self.budget.init_ranks),
+            "final_ranks": final_ranks,
+            "rank_grid": rank_grid(self.targets, final_ranks),
+            "budget_curve": list(self._budget_curve),
+            "retained_triplets_curve": list(self._triplet_curve),
+            "retained_params_curve": list(self._param_curve),
+            "orth_reg_curve": [[s, float(v.item())] for s, v in self._orth_curve],
+            "orth_reg_weight": self.config.orth_reg_weight,
+            "orth_squared": self.config.orth_squared,
+            "schedule": {
+                "total_steps": self.schedule.total_steps,
+                "t_init": self.schedule.t_init,
+                "t_final": self.schedule.t_final,
+                "delta_t": self.schedule.delta_t,
+                "final_step": self.schedule.final_step,
+                # Steps in the curves are 0-based optimizer steps, equal to peft's global_step.
+                "step_mapping": "step = peft global_step = 0-based index of the optimizer step just taken",
+            },
+        }
+
+    @classmethod
+    def adapter_count(cls, targets: list[TargetMatrix], config: AdaLoraConfig) -> int:
+        return planned_count(targets, config)
+
+    @classmethod
+    def for_budget(cls, targets: list[TargetMatrix], budget: int, base: AdaLoraConfig) -> BudgetSolution:
+        return solve_budget(targets, budget, base)
+
+
+def rank_grid(targets: list[TargetMatrix], ranks: dict[str, int]) -> dict:
+    """Final ranks as a layer x module-kind table (None where a kind is not adapted in a layer)."""
+    layers = sorted({t.layer for t in targets if t.layer is not None})
+    kinds: list[str] = []
+    for t in targets:
+        if t.layer is not None and t.kind not in kinds:
+            kinds.append(t.kind)
+    grid: list[list[int | None]] = [[None] * len(kinds) for _ in layers]
+    for t in targets:
+        if t.layer is not None:
+            grid[layers.index(t.layer)][kinds.index(t.kind)] = ranks[t.name]
+    return {"layers": layers, "kinds": kinds, "ranks": grid}
