@@ -18,10 +18,11 @@ MODEL ?= minilm-l6
 PROFILE ?= quick
 RESULTS ?= results
 JOBS ?= 1
+DEVICE ?= cpu
 
 budget_flag = $(if $(filter none,$(BUDGETS)),,--budgets $(BUDGETS))
 
-.PHONY: venv test bench lint clean-runs
+.PHONY: venv test bench regress regress-update perf lint clean-runs
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 
@@ -39,6 +40,18 @@ test: venv
 bench: venv
 	HF_HUB_OFFLINE=1 $(PEFTBENCH) sweep --tasks $(TASK) --methods $(METHODS) $(budget_flag) --seeds $(SEEDS) \
 		--data $(DATA) --model $(MODEL) --profile $(PROFILE) --results $(RESULTS) --jobs $(JOBS)
+
+# The CI accuracy gate: the fixed suite against results/baselines/regress.json (exit 1 on a regression).
+regress: venv
+	HF_HUB_OFFLINE=1 $(PEFTBENCH) regress --results $(RESULTS)
+
+regress-update: venv
+	@test -n "$(REASON)" || { echo 'error: make regress-update needs REASON="why the baseline changes"' >&2; exit 2; }
+	HF_HUB_OFFLINE=1 $(PEFTBENCH) regress --results $(RESULTS) --update --reason "$(REASON)"
+
+# Speed and memory, side by side in one process: native methods vs peft vs the frozen-model floor.
+perf: venv
+	HF_HUB_OFFLINE=1 $(PEFTBENCH) perf --device $(DEVICE)
 
 lint: venv
 	$(VENV)/bin/ruff check peftbench tests scripts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -11,6 +12,10 @@ from pathlib import Path
 from peftbench.errors import UsageError
 
 log = logging.getLogger("peftbench")
+
+# Harness modules that contribute a subcommand through `add_subcommand(subparsers)`, which must set
+# `func=handler` on its parser; the handler takes the parsed args and returns an exit code.
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _csv(value: str) -> list[str]:
@@ -81,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=_csv, default=None)
     p.add_argument("--methods", type=_csv, default=None)
 
+    for module in SUBCOMMAND_MODULES:
+        # Each module adds its own subcommand (parser + handler); its top level must import only light modules.
+        importlib.import_module(module).add_subcommand(sub)
+
     p = sub.add_parser("plot", help="figures: ranks (AdaLoRA heatmap)")
     p.add_argument("kind", choices=["ranks"])
     p.add_argument("record", type=Path, help="a run record JSON")
@@ -95,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "func", None) or COMMANDS[args.command]
+        return handler(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
