@@ -15,7 +15,12 @@ log = logging.getLogger("peftbench")
 
 # Harness modules that contribute a subcommand through `add_subcommand(subparsers)`, which must set
 # `func=handler` on its parser; the handler takes the parsed args and returns an exit code.
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "peftbench.harness.compare",
+    "peftbench.harness.plot_cmd",
+    "peftbench.harness.regress",
+    "peftbench.harness.perf",
+)
 
 
 def _csv(value: str) -> list[str]:
@@ -88,12 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in SUBCOMMAND_MODULES:
         # Each module adds its own subcommand (parser + handler); its top level must import only light modules.
-        importlib.import_module(module).add_subcommand(sub)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        mod.add_subcommand(sub)
 
-    p = sub.add_parser("plot", help="figures: ranks (AdaLoRA heatmap)")
-    p.add_argument("kind", choices=["ranks"])
-    p.add_argument("record", type=Path, help="a run record JSON")
-    p.add_argument("--out", type=Path, required=True, help="output path (PNG; an SVG is written beside it)")
     return parser
 
 
@@ -263,23 +270,4 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
-def cmd_plot(args) -> int:
-    import json
-
-    from peftbench.harness import plots
-
-    try:
-        data = json.loads(args.record.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read record {args.record}: {e}") from None
-    diag = data.get("diagnostics") or {}
-    if args.kind == "ranks":
-        if not diag.get("final_ranks") and not diag.get("ranks"):
-            raise UsageError(f"{args.record} has no rank diagnostics (only AdaLoRA runs have them)")
-        written = plots.plot_ranks(diag, args.out)
-    for w in written:
-        print(f"wrote {w}")
-    return 0
-
-
-COMMANDS = {"list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "plot": cmd_plot}
+COMMANDS = {"list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard}
