@@ -96,7 +96,8 @@ def resolve(req: RunRequest) -> RunConfig:
         raise UsageError(unknown_name_message("profile", req.profile, sorted(PROFILES)))
     model = _cached_model(req.model)
     m_over, t_over = split_overrides(list(req.sets), adapter_cls.config_cls, req.method)
-    train = apply_overrides(TrainConfig, TrainConfig(**PROFILES[req.profile]), t_over, "train")
+    base = TrainConfig(**{**PROFILES[req.profile], **task.profile_settings(req.profile)})
+    train = apply_overrides(TrainConfig, base, t_over, "train")
     if train.lr <= 0:
         train = dataclasses.replace(train, lr=adapter_cls.default_lr)
     if train.max_length <= 0:

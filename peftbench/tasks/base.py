@@ -64,6 +64,12 @@ class TaskSpec:
     train_sample_rows: int = 8000
     # Tokens per example when the run does not set max_length (SQuAD: the window length).
     max_length: int = 128
+    # Per-profile train settings that differ for this task (e.g. SQuAD's quick profile trains on fewer rows,
+    # as each row costs several 384-token windows). Applied over the profile, under --set.
+    profile_overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def profile_settings(self, profile: str) -> dict[str, Any]:
+        return dict(dict(self.profile_overrides).get(profile, ()))
     description: str = ""
 
     # --- data checks -------------------------------------------------------------------------------------
