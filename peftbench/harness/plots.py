@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -80,4 +81,172 @@ def plot_ranks(diagnostics: dict, out: str | Path) -> list[Path]:
     unit_note = f" ({total} triplets kept)" if total is not None else ""
     ax.set_title(f"AdaLoRA final rank per matrix{unit_note}", fontsize=10)
     fig.colorbar(im, ax=ax, label="final rank", ticks=MaxNLocator(integer=True))
+    return _save(fig, out)
+
+
+# --- benchmark figures -------------------------------------------------------------------------------------------
+
+_NO_BUDGET = "-"
+
+
+def _metric_scale(task: str) -> tuple[float, str]:
+    """GLUE metrics are fractions, shown as percentages like the leaderboard; SQuAD's are already 0-100."""
+    from peftbench import registry
+
+    try:
+        return (100.0, " (%)") if registry.tasks.get(task).family == "glue" else (1.0, "")
+    except UsageError:
+        return 1.0, ""
+
+
+def _is_reference(method: str, budget: str) -> bool:
+    """Unbudgeted runs of an unbudgeted method (full FT) are a reference level, not a point on the x axis."""
+    from peftbench import registry
+
+    if budget != _NO_BUDGET:
+        return False
+    try:
+        return not registry.adapters.get(method).budgeted
+    except UsageError:
+        return True  # a method this install does not know: its unbudgeted runs have no budget to plot against
+
+
+def _finite(v) -> float | None:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def _count_label(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
+def plot_pareto(summary_or_frame, task: str, out: str | Path) -> list[Path]:
+    """Primary metric against adapter parameters (log x) for one task: one line per budgeted method through
+    its budgets, error bars = std over seeds, and unbudgeted methods (full FT) as a horizontal band, mean ±
+    std. Accepts `aggregate.summarize` output or the per-run frame of `aggregate.runs_frame`."""
+    from peftbench.harness.aggregate import summarize
+
+    df = summary_or_frame
+    summary = df if "primary.mean" in df.columns or df.empty else summarize(df)
+    rows = summary[summary["task"] == task] if not summary.empty else summary
+    if rows.empty or "primary.mean" not in rows or rows["primary.mean"].notna().sum() == 0:
+        raise UsageError(f"no successful runs of task {task!r} to plot; run a sweep first or check --results")
+    scale, unit = _metric_scale(task)
+    metric = rows["primary_name"].dropna().iloc[0] if rows["primary_name"].notna().any() else "primary"
+
+    fig = Figure(figsize=(7.0, 4.5))
+    ax = fig.add_subplot()
+    colours = itertools.cycle(matplotlib.colormaps["tab10"].colors)
+    frontier: list[tuple[float, float]] = []
+    n_lines = 0
+    for method, g in rows.groupby("method", sort=True):
+        colour = next(colours)
+        points = []
+        for _, r in g.iterrows():
+            y = _finite(r.get("primary.mean"))
+            if y is None:
+                continue
+            std = _finite(r.get("primary.std")) or 0.0
+            if _is_reference(method, r["budget"]):
+                label = f"{method} (mean ± std)"
+                params = _finite(r.get("adapter"))
+                if params:
+                    label = f"{method}, {_count_label(params)} params (mean ± std)"
+                ax.axhline(y * scale, color=colour, linestyle="--", linewidth=1.2, label=label)
+                ax.axhspan((y - std) * scale, (y + std) * scale, color=colour, alpha=0.15, linewidth=0)
+                continue
+            x = _finite(r.get("adapter"))
+            if x is None or x <= 0:
+                logger.warning("%s/%s @%s has no adapter parameter count; left out of the plot", task, method,
+                               r["budget"])  # fmt: skip
+                continue
+            points.append((x, y * scale, std * scale, str(r["budget"]), int(r.get("n") or 0)))
+        if not points:
+            continue
+        points.sort()
+        xs, ys, errs = (np.array([p[i] for p in points], dtype=float) for i in range(3))
+        ax.errorbar(xs, ys, yerr=errs, color=colour, marker="o", markersize=5, capsize=3, linewidth=1.5,
+                    label=f"{method} (n = {min(p[4] for p in points)}-{max(p[4] for p in points)} seeds)"
+                    if len({p[4] for p in points}) > 1 else f"{method} (n = {points[0][4]} seeds)")  # fmt: skip
+        for x, y, _, budget, _ in points:
+            ax.annotate(budget, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour)
+        frontier.extend((x, y) for x, y, *_ in points)
+        n_lines += 1
+    if not n_lines:
+        raise UsageError(f"task {task!r} has no budgeted runs with a parameter count to put on the x axis")
+    # The Pareto front: points no other point beats with fewer (or as many) parameters.
+    front, best = [], -math.inf
+    for x, y in sorted(frontier, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    if len(front) > 1:
+        fx, fy = zip(*front, strict=True)
+        ax.step(fx, fy, where="post", color="grey", linewidth=0.8, alpha=0.6, zorder=0, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("adapter parameters (log scale)")
+    ax.set_ylabel(f"{metric}{unit}")
+    ax.set_title(f"{task}: {metric} vs adapter parameters", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, out)
+
+
+def plot_curves(records, task: str, out: str | Path, metric: str | None = None) -> list[Path]:
+    """Evaluation metric against training step for one task: one line per method (and budget, when a method
+    ran at several), the mean over seeds at each step, shaded ± std where more than one seed has that step.
+    `records` are record dicts; failed runs and other tasks are skipped. `metric` defaults to the primary."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for rec in records:
+        cfg = rec.get("config") or {}
+        if rec.get("status") != "ok" or cfg.get("task") != task:
+            continue
+        budget = (cfg.get("budget") or {}).get("spec") or _NO_BUDGET
+        groups.setdefault((str(cfg.get("method")), str(budget)), []).append(rec)
+    if not groups:
+        raise UsageError(f"no successful runs of task {task!r} to plot; run a sweep first or check --results")
+    if metric is None:
+        metric = next(r["metrics"].get("primary_name") for g in groups.values() for r in g)
+    budgets_of: dict[str, set[str]] = {}
+    for method, budget in groups:
+        budgets_of.setdefault(method, set()).add(budget)
+    scale, unit = _metric_scale(task)
+
+    fig = Figure(figsize=(7.0, 4.5))
+    ax = fig.add_subplot()
+    colours = itertools.cycle(matplotlib.colormaps["tab10"].colors)
+    drawn = 0
+    for (method, budget), recs in sorted(groups.items()):
+        per_step: dict[int, list[float]] = {}
+        seeds = 0
+        for rec in recs:
+            points = [(h["step"], _finite(h.get(metric))) for h in (rec.get("metrics") or {}).get("history") or []
+                      if isinstance(h, dict) and "step" in h]  # fmt: skip
+            points = [(int(s), v) for s, v in points if v is not None]
+            seeds += bool(points)
+            for step, value in points:
+                per_step.setdefault(step, []).append(value)
+        colour = next(colours)
+        if not per_step:
+            continue
+        steps = np.array(sorted(per_step))
+        vals = [np.array(per_step[s]) for s in steps]
+        mean = np.array([v.mean() for v in vals]) * scale
+        std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in vals]) * scale
+        label = method if len(budgets_of[method]) == 1 or budget == _NO_BUDGET else f"{method} @{budget}"
+        ax.plot(steps, mean, color=colour, marker="o", markersize=3, linewidth=1.5, label=f"{label} (n = {seeds})")
+        if seeds > 1:
+            ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.18, linewidth=0)
+        drawn += 1
+    if not drawn:
+        raise UsageError(f"no run of task {task!r} has {metric!r} in its evaluation history; check the metric name")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{metric}{unit}")
+    ax.set_title(f"{task}: {metric} during training (mean ± std over seeds)", fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=8, loc="best")
     return _save(fig, out)

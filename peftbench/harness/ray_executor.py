@@ -1,0 +1,165 @@
+"""Sweep executor on Ray: each run is a Ray task with its own resource request (CPUs, GPUs per run).
+
+A task does exactly what the local executor does: `peftbench run --resolved CONFIG` in a fresh interpreter, so a
+crash or out-of-memory kills that run only and its memory is returned to the node. Records go to the results
+directory as usual, so on a cluster that directory (and the model and data paths in the configs) must be on a
+filesystem every node sees, and peftbench must be installed in the nodes' Python environment.
+
+Ray is an optional extra (`pip install 'peftbench[ray]'`) and is imported only when this executor is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from peftbench.config import RunConfig, canonical_json
+from peftbench.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+# Environment the runs need from the driver (offline switches, caches); a remote worker does not inherit it.
+_FORWARDED_PREFIXES = ("PEFTBENCH_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+_OPTION_KEYS = ("num_cpus", "num_gpus", "memory", "resources")
+
+
+def _import_ray():
+    try:
+        import ray
+    except ModuleNotFoundError as e:
+        if e.name != "ray":
+            raise
+        raise UsageError("install the ray extra: pip install 'peftbench[ray]'") from None
+    return ray
+
+
+def task_options(resources: dict[str, Any]) -> dict[str, Any]:
+    """Ray task options from the per-run request: num_cpus, num_gpus, memory (bytes), resources (custom)."""
+    unknown = sorted(set(resources) - set(_OPTION_KEYS))
+    if unknown:
+        raise UsageError(f"unknown Ray resource(s) {unknown}; use {', '.join(_OPTION_KEYS)}")
+    options: dict[str, Any] = {"num_cpus": 1.0, "num_gpus": 0.0}
+    for key in ("num_cpus", "num_gpus", "memory"):
+        if resources.get(key) is None:
+            continue
+        value = resources[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise UsageError(f"{key} per run must be a number >= 0, got {value!r}")
+        options[key] = value
+    if options["num_cpus"] <= 0:
+        # Zero-CPU tasks are not limited by the node's CPUs: every run would start at once.
+        raise UsageError("--cpus-per-run must be > 0")
+    if resources.get("resources"):
+        options["resources"] = dict(resources["resources"])
+    return options
+
+
+def _forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES)}
+
+
+def _run_one(config_json: str, results: str, cwd: str, env: dict[str, str]) -> int:
+    """Body of the Ray task (runs on a worker): one `peftbench run` in a child process; its exit code."""
+    import ray
+
+    child_env = {**os.environ, **env}
+    if not ray.get_gpu_ids():
+        # Ray leaves CUDA_VISIBLE_DEVICES alone for tasks without GPUs; hide them so a CPU run stays on CPU
+        # and does not take a GPU another task was given.
+        child_env["CUDA_VISIBLE_DEVICES"] = ""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, prefix="peftbench-run-") as f:
+        f.write(config_json)
+        cfg_file = f.name
+    try:
+        cmd = [sys.executable, "-m", "peftbench", "run", "--resolved", cfg_file, "--results", results, "--quiet"]
+        # The driver's directory, so relative --data paths mean the same thing (when this node has it).
+        workdir = cwd if Path(cwd).is_dir() else None
+        return subprocess.run(cmd, env=child_env, cwd=workdir).returncode
+    finally:
+        Path(cfg_file).unlink(missing_ok=True)
+
+
+def _check_capacity(ray, options: dict[str, Any], own_instance: bool) -> None:
+    """A request no node can satisfy leaves the task pending forever: refuse it on an instance we started,
+    warn on a cluster (an autoscaler may add such nodes)."""
+    total = ray.cluster_resources()
+    for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        have = float(total.get(name, 0.0))
+        want = float(options.get(key) or 0.0)
+        if want > have:
+            msg = f"each run asks for {want:g} {name}(s) but the Ray cluster has {have:g}"
+            if own_instance:
+                raise UsageError(f"{msg}; lower --{name.lower()}s-per-run")
+            log.warning("%s; runs stay pending until the cluster grows", msg)
+    if total.get("GPU", 0.0) > 0 and not options.get("num_gpus"):
+        log.warning("the Ray cluster has GPUs but each run asks for none: runs train on CPU (--gpus-per-run 1)")
+
+
+def _label(cfg: RunConfig) -> str:
+    budget = f" @{cfg.budget}" if cfg.budget else ""
+    return f"{cfg.task}/{cfg.method}{budget} seed {cfg.seed}"
+
+
+def _gather(ray, refs: list, configs: list[RunConfig]) -> list[int]:
+    """Exit codes in submission order; logs each run as it finishes. A task that Ray itself lost (worker or
+    node died) counts as exit code 1, so the sweep records it as failed and goes on."""
+    position = {ref: i for i, ref in enumerate(refs)}
+    codes = [1] * len(refs)
+    pending = list(refs)
+    finished = 0
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                i = position[ref]
+                finished += 1
+                try:
+                    codes[i] = int(ray.get(ref))
+                except ray.exceptions.RayError as e:
+                    log.warning("ray: %s was lost: %s", _label(configs[i]), str(e).splitlines()[0])
+                    codes[i] = 1
+                log.info("ray: %d/%d done, %s (exit %d)", finished, len(refs), _label(configs[i]), codes[i])
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    return codes
+
+
+def run_with_ray(configs: list[RunConfig], results: Path, address: str | None, resources: dict) -> list[int]:
+    """Run every config as a Ray task and return the runs' exit codes in the order of `configs`.
+
+    Joins the cluster at `address` when given; otherwise starts a local instance sized to this machine. A Ray
+    connection this process already has is reused, and only what this call started is shut down."""
+    if not configs:
+        return []
+    ray = _import_ray()
+    options = task_options(resources)
+    started = not ray.is_initialized()
+    if started:
+        try:
+            if address:
+                ray.init(address=address, ignore_reinit_error=True)
+            else:
+                ray.init(include_dashboard=False, ignore_reinit_error=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+            raise UsageError(f"cannot start or join {where}: {str(e).splitlines()[0]}") from None
+    elif address:
+        log.info("already connected to a Ray instance; --address %s not used", address)
+    try:
+        _check_capacity(ray, options, own_instance=started and not address)
+        task = ray.remote(_run_one).options(**options)
+        results_dir = str(Path(results).resolve())
+        env, cwd = _forwarded_env(), os.getcwd()
+        refs = [task.remote(canonical_json(cfg), results_dir, cwd, env) for cfg in configs]
+        log.info("ray: submitted %d run(s), %s each", len(refs), ", ".join(f"{k}={v}" for k, v in options.items()))
+        return _gather(ray, refs, configs)
+    finally:
+        if started:
+            ray.shutdown()
