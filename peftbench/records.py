@@ -1,11 +1,14 @@
-"""Run records: one JSON file per run, written atomically, read back defensively."""
+"""Run records: one JSON file per run, written atomically, read back defensively, and a lock per config so
+two processes never run the same config at once."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +76,15 @@ def load_record(path: Path) -> LoadedRecord:
     for key in ("status", "config", "metrics", "params"):
         if key not in data:
             return LoadedRecord(Path(path), None, f"missing key {key!r}")
+    # Right keys with wrong shapes (hand edits, another tool's file) would be misread downstream: reject them here.
+    if data["status"] not in ("ok", "failed"):
+        return LoadedRecord(Path(path), None, f"status {data['status']!r} is neither 'ok' nor 'failed'")
+    for key in ("config", "metrics", "params"):
+        if not isinstance(data[key], dict):
+            return LoadedRecord(Path(path), None, f"{key!r} is not a JSON object")
+    stored = data["config"].get("config_hash")
+    if stored is not None and stored != Path(path).stem:
+        return LoadedRecord(Path(path), None, f"holds config {stored!r}, not the one its name says")
     return LoadedRecord(Path(path), data)
 
 
@@ -90,3 +102,65 @@ def iter_records(results: Path, warn: bool = True) -> Iterator[LoadedRecord]:
 def predictions_path(record_file: Path) -> Path:
     """Per-example predictions live beside the record (the paired bootstrap reads them)."""
     return Path(record_file).with_suffix(".preds.jsonl")
+
+
+def adapter_weights_path(record_file: Path) -> Path:
+    """Trained adapter and head weights (safetensors) live beside the record."""
+    return Path(record_file).with_suffix(".adapter.safetensors")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unusable record out of the way (`<name>.unusable[.N]`) so rerunning its config loses nothing."""
+    path = Path(path)
+    target = path.with_name(f"{path.name}.unusable")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.unusable.{n}")
+        n += 1
+    os.replace(path, target)
+    return target
+
+
+# --- one runner per config ------------------------------------------------------------------------------------
+
+
+def lock_path(record_file: Path) -> Path:
+    return Path(record_file).with_name(Path(record_file).name + ".lock")
+
+
+def try_lock(record_file: Path) -> int | None:
+    """An exclusive flock on `<record>.lock`, or None when another live process holds it.
+
+    The lock belongs to the open file, not to this process: a child started with this descriptor in its
+    `pass_fds` keeps the config locked for as long as it lives, even if its parent is killed. The kernel
+    drops the lock when the last holder dies, however it dies, so there are no stale locks to clean up.
+    Release by closing the descriptor (`release_lock`); never delete the lock file, which would let a third
+    process lock a fresh inode while the second still holds the old one."""
+    path = lock_path(record_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    # Who holds it, for the message of whoever waits: informative only, the flock is the lock.
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "since": time.time()}).encode())
+    return fd
+
+
+def lock_holder(record_file: Path) -> int | None:
+    """The pid written by the last process to take the lock (it may have finished since)."""
+    try:
+        return int(json.loads(lock_path(record_file).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def release_lock(fd: int) -> None:
+    # Closing, not LOCK_UN: an unlock would also free the lock for a child that shares this open file.
+    os.close(fd)

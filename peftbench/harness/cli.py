@@ -6,7 +6,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from peftbench.errors import UsageError
@@ -63,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", default=None, help="adapter parameter budget: 0.3M, 150K, 0.5%%")
     p.add_argument("--resolved", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--save-adapter",
+        action="store_true",
+        help="also save the trained adapter and head beside the record (<hash>.adapter.safetensors)",
+    )
     _common(p)
 
     p = sub.add_parser("sweep", help="run a grid of tasks x methods x budgets x seeds, then print the leaderboard")
@@ -139,7 +146,8 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     from peftbench.harness.plan import RunRequest, resolve
     from peftbench.harness.runner import execute
-    from peftbench.harness.sweep import load_resolved
+    from peftbench.harness.sweep import check_local_data, load_resolved
+    from peftbench.records import lock_holder, record_path, release_lock, try_lock
 
     if args.resolved:
         cfg = load_resolved(args.resolved)
@@ -158,7 +166,24 @@ def cmd_run(args) -> int:
                 profile=args.profile,
             )
         )
-    rec = execute(cfg, args.results, progress=not args.quiet and sys.stderr.isatty())
+    # A sweep's child (--resolved) inherits the sweep's lock on this config; a run started by hand takes its own.
+    lock = None
+    if not args.resolved:
+        check_local_data(cfg.task, cfg.data)  # bad rows fail here, before the lock file is created
+        path = record_path(args.results, cfg.task, cfg.method, cfg.config_hash)
+        lock = try_lock(path)
+        if lock is None:
+            raise UsageError(
+                f"another peftbench process (pid {lock_holder(path)}) is running this config into {args.results}; "
+                f"wait for it to finish"
+            )
+    try:
+        rec = execute(
+            cfg, args.results, progress=not args.quiet and sys.stderr.isatty(), save_adapter=args.save_adapter
+        )
+    finally:
+        if lock is not None:
+            release_lock(lock)
     if rec["status"] != "ok":
         print(f"run failed: {rec['error']} (record: {rec['_path']})", file=sys.stderr)
         return 1
@@ -168,13 +193,20 @@ def cmd_run(args) -> int:
         f"{cfg.task}/{cfg.method} seed {cfg.seed}: {m['primary_name']} = {m['primary']:.4f}; "
         f"adapter params {p['adapter']:,}, trainable {p['trainable']:,}; "
         f"{rec['perf']['train_seconds']:.1f} s; record {rec['_path']}"
+        + (f"; weights {rec['adapter_file']}" if rec.get("adapter_file") else "")
     )
     return 0
 
 
 def cmd_sweep(args) -> int:
     from peftbench.harness.sweep import expand, plan, run_sweep
+    from peftbench.records import load_record
 
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be 1 or more, got {args.jobs}")
+    for flag, values in (("--tasks", args.tasks), ("--methods", args.methods), ("--seeds", args.seeds)):
+        if not values:
+            raise UsageError(f"{flag} is empty; give a comma-separated list (see `peftbench list`)")
     requests = expand(
         args.tasks,
         args.methods,
@@ -191,15 +223,30 @@ def cmd_sweep(args) -> int:
         return 0
     todo = sum(not p.done for p in planned)
     log.info("sweep: %d configs, %d to run, %d already done", len(planned), todo, len(planned) - todo)
-    outcome = run_sweep(
-        planned,
-        args.results,
-        jobs=args.jobs,
-        executor=args.executor,
-        progress=not args.quiet and sys.stderr.isatty(),
-        ray_address=args.address,
-        ray_resources={"num_cpus": args.cpus_per_run, "num_gpus": args.gpus_per_run},
-    )
+    # `kill <pid>` (a scheduler's stop) ends the sweep like Ctrl-C: its runs are stopped, not orphaned.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
+    try:
+        outcome = run_sweep(
+            planned,
+            args.results,
+            jobs=args.jobs,
+            executor=args.executor,
+            progress=not args.quiet and sys.stderr.isatty(),
+            ray_address=args.address,
+            ray_resources={"num_cpus": args.cpus_per_run, "num_gpus": args.gpus_per_run},
+        )
+    except KeyboardInterrupt:
+        finished = sum(load_record(p.record).ok for p in planned)
+        print(
+            f"interrupted: {finished} of {len(planned)} runs finished, {len(planned) - finished} left; "
+            f"rerun the same command to finish",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     if not args.no_leaderboard:
         _print_leaderboard(args.results, {p.config.config_hash for p in planned})
     if outcome.failed:

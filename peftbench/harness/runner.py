@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +18,14 @@ from peftbench.harness.data import featurize_cached, load_rows
 from peftbench.harness.measure import environment
 from peftbench.harness.plan import method_config_of
 from peftbench.harness.train import plan_steps, train
-from peftbench.records import SCHEMA_VERSION, atomic_write_text, predictions_path, record_path, write_record
+from peftbench.records import (
+    SCHEMA_VERSION,
+    adapter_weights_path,
+    atomic_write_text,
+    predictions_path,
+    record_path,
+    write_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +59,9 @@ def _accelerator(precision: str):
     return Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
 
 
-def execute(cfg: RunConfig, results: Path, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one config, write its record atomically and return it.
+def execute(cfg: RunConfig, results: Path, progress: bool = True, save_adapter: bool = False) -> dict[str, Any]:
+    """Train and evaluate one config, write its record atomically and return it. With `save_adapter`, the
+    trained parameters (adapter and head) go beside the record as `<hash>.adapter.safetensors`.
 
     Bad input raises UsageError before anything is written. A failure during training (divergence, a bug in a
     plugin, out of memory) is written as a failed record and re-raised as the record."""
@@ -113,6 +122,7 @@ def execute(cfg: RunConfig, results: Path, progress: bool = True) -> dict[str, A
         adapter = adapter_cls(method_cfg)
         model = adapter.apply(model, plan)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        log.debug("%s: training starts, %d steps", record["run_id"], total_steps)
         result = train(
             task, model, adapter, train_feats, eval_sets, t, total_steps, cfg.seed, pad_id, accelerator, progress
         )
@@ -125,6 +135,8 @@ def execute(cfg: RunConfig, results: Path, progress: bool = True) -> dict[str, A
         record["perf"] = result.perf
         record["train"]["loss_history"] = result.loss_history
         record["diagnostics"] = adapter.diagnostics()
+        if save_adapter:
+            record["adapter_file"] = _save_trainable(model, adapter_weights_path(path), cfg).name
         record["status"] = "ok"
         _write_predictions(path, result.scored)
     except TrainingDiverged as e:
@@ -168,6 +180,23 @@ def _config_section(cfg: RunConfig, n_train: int, n_eval: dict[str, int]) -> dic
     d.pop("budget_requested", None)
     d["_resolved"] = to_jsonable(cfg)  # the exact config, so a record can be rerun as it was
     return d
+
+
+def _save_trainable(model, target: Path, cfg: RunConfig) -> Path:
+    """The parameters training changed, in safetensors (no pickle: loading it cannot run code), atomically."""
+    from safetensors.torch import save_file
+
+    # Copies: safetensors refuses tensors that share storage, and the file must not alias live weights.
+    state = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    meta = {"config_hash": cfg.config_hash, "task": cfg.task, "method": cfg.method, "format": "peftbench-trainable"}
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _write_predictions(record_file: Path, scored) -> None:

@@ -1,26 +1,45 @@
-"""Sweeps: expand tasks x methods x budgets x seeds into resolved configs, skip what is done, run the rest."""
+"""Sweeps: expand tasks x methods x budgets x seeds into resolved configs, skip what is done, run the rest.
+
+Faults a sweep survives: a run that crashes or is killed (its record is missing or failed, so the next sweep
+reruns it), the sweep itself killed or interrupted (rerun the same command), two sweeps on one results
+directory (a lock per config: whoever holds it runs it, the other waits and then finds it done), and
+unreadable or old-schema records (set aside, rerun)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peftbench import registry
-from peftbench.config import RunConfig, canonical_json, run_config_from_dict
+from peftbench.config import RunConfig, canonical_json, parse_budget, run_config_from_dict
+from peftbench.errors import UsageError
+from peftbench.harness.data import _read_jsonl, check_rows, split_file, splits_needed
 from peftbench.harness.plan import RunRequest, resolve
-from peftbench.records import load_record, record_path
+from peftbench.records import load_record, lock_holder, record_path, release_lock, set_aside, try_lock
 
 log = logging.getLogger(__name__)
+
+StatSig = tuple[int, int, int]  # (inode, size, mtime_ns): tells whether a record changed since planning
+
+
+def _stat(path: Path) -> StatSig | None:
+    try:  # not exists() then stat(): another sweep may set the file aside in between
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -29,6 +48,7 @@ class PlannedRun:
     record: Path
     done: bool
     status: str  # "ok", "failed", "missing", or why a record on disk is unusable
+    seen: StatSig | None = None
 
     @property
     def label(self) -> str:
@@ -42,6 +62,9 @@ def expand(
 ) -> list[RunRequest]:
     """The grid. Unbudgeted methods (full fine-tuning) run once per task and seed, whatever the budgets."""
     budgets = list(budgets) or [None]
+    for b in budgets:  # the spelling of every budget first, so a typo is not hidden behind an unreachable budget
+        if b is not None:
+            parse_budget(b, base_params=1 << 60)
     out: list[RunRequest] = []
     for task in tasks:
         for method in methods:
@@ -52,32 +75,118 @@ def expand(
     return out
 
 
+def check_local_data(task_name: str, source: str) -> None:
+    """Every row of every split a task reads, checked now: a bad row in a local directory fails the sweep
+    before anything trains, named by file and line, instead of failing each run in turn."""
+    if source in ("sample", "hub"):  # bundled rows are checked by the test suite; the hub needs the network
+        return
+    task = registry.tasks.get(task_name)
+    for split in splits_needed(task):
+        path = split_file(task, source, split)
+        check_rows(task, _read_jsonl(path), str(path))
+
+
 def plan(requests: list[RunRequest], results: Path) -> list[PlannedRun]:
+    """Resolve every config (names, settings, budgets, data) before anything runs, so bad input fails fast."""
     planned: list[PlannedRun] = []
     seen: set[str] = set()
+    checked: set[tuple[str, str]] = set()
     for req in requests:
         cfg = resolve(req)
+        if (cfg.task, cfg.data) not in checked:
+            check_local_data(cfg.task, cfg.data)
+            checked.add((cfg.task, cfg.data))
         if cfg.config_hash in seen:
             continue
         seen.add(cfg.config_hash)
         path = record_path(results, cfg.task, cfg.method, cfg.config_hash)
+        sig = _stat(path)
         rec = load_record(path)
         if rec.data is not None:
             status = rec.data.get("status", "?")
         else:
             status = rec.problem or "missing"
             if rec.problem != "missing":
-                log.warning("%s: %s; it will be rerun", path, rec.problem)
-        planned.append(PlannedRun(cfg, path, rec.ok, status))
+                log.warning("%s: %s; it will be set aside and rerun", path, rec.problem)
+        planned.append(PlannedRun(cfg, path, rec.ok, status, sig))
     return planned
+
+
+def load_resolved(path: str) -> RunConfig:
+    """A resolved config written by the sweep: plain JSON into the typed dataclasses (unknown keys rejected)."""
+    try:
+        return run_config_from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UsageError(f"cannot use resolved config {path} ({type(e).__name__}: {e}); rerun the sweep") from None
 
 
 # --- executors ------------------------------------------------------------------------------------------------
 
 
-def run_in_subprocess(cfg: RunConfig, results: Path, quiet: bool = True) -> int:
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def child_env(jobs: int) -> dict[str, str]:
+    """The environment of a run process: runs at once share the cores instead of each taking all of them
+    (two runs with every core each thrash a small machine). A thread count the user set is kept."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, cpu_count() // max(1, jobs)))
+    return env
+
+
+class Children:
+    """The run processes of one sweep, so an interrupted sweep stops them instead of leaving orphans."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def spawn(self, cmd: list[str], **kw: Any) -> subprocess.Popen | None:
+        with self._lock:  # no child may start after stop_all() has taken its list
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(cmd, **kw)
+            self._procs.add(proc)
+            return proc
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        with self._lock:
+            self.stopping = True
+            procs = list(self._procs)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def run_in_subprocess(
+    cfg: RunConfig,
+    results: Path,
+    quiet: bool = True,
+    *,
+    jobs: int = 1,
+    lock_fd: int | None = None,
+    children: Children | None = None,
+) -> int:
     """One run in a fresh interpreter: a crash or out-of-memory kills that run only, and its peak memory is
-    its own. Returns the child's exit code."""
+    its own. The child inherits the config's lock, so the config stays locked while it lives. It gets its own
+    session: Ctrl-C reaches the sweep, which stops it. Returns the child's exit code (negative: signal)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, prefix="peftbench-run-") as f:
         f.write(canonical_json(cfg))
         cfg_file = f.name
@@ -85,31 +194,212 @@ def run_in_subprocess(cfg: RunConfig, results: Path, quiet: bool = True) -> int:
         cmd = [sys.executable, "-m", "peftbench", "run", "--resolved", cfg_file, "--results", str(results)]
         if quiet:
             cmd.append("--quiet")
-        env = dict(os.environ)
-        return subprocess.run(cmd, env=env).returncode
+        kw = dict(env=child_env(jobs), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
+        if children is None:
+            return subprocess.run(cmd, **kw).returncode
+        proc = children.spawn(cmd, **kw)
+        if proc is None:
+            raise KeyboardInterrupt  # the sweep is stopping
+        try:
+            return proc.wait()
+        finally:
+            children.discard(proc)
     finally:
         Path(cfg_file).unlink(missing_ok=True)
 
 
-def run_inline(cfg: RunConfig, results: Path, quiet: bool = True) -> int:
+def run_inline(cfg: RunConfig, results: Path, quiet: bool = True, **_: Any) -> int:
     from peftbench.harness.runner import execute
 
     rec = execute(cfg, results, progress=not quiet)
     return 0 if rec["status"] == "ok" else 1
 
 
-def load_resolved(path: str) -> RunConfig:
-    return run_config_from_dict(json.loads(Path(path).read_text()))
+# --- the sweep ------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class SweepOutcome:
     ran: int = 0
-    skipped: int = 0
-    failed: list[str] | None = None
+    skipped: int = 0  # done before the sweep started
+    elsewhere: int = 0  # finished by another process while this sweep waited for it
+    failed: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.failed = self.failed or []
+
+@dataclass(frozen=True)
+class _Result:
+    kind: str  # "ran", "elsewhere", "deferred"
+    code: int = 0
+    error: str | None = None
+
+
+def _why(code: int, error: str | None) -> str:
+    if error:
+        return error
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"run process killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return f"run process exited with code {code} and wrote no record"
+
+
+class _Progress:
+    """Runs done/total, the runs in flight, elapsed and ETA: a tqdm bar on a terminal, log lines otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.done = 0
+        self.start = time.monotonic()
+        self.running: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)
+
+    def _postfix(self) -> None:
+        if self.bar is not None:
+            labels = sorted(self.running.values())
+            self.bar.set_postfix_str(("running: " + ", ".join(labels)) if labels else "")
+
+    def started(self, p: PlannedRun) -> None:
+        with self._lock:
+            self.running[p.config.config_hash] = p.label
+            self._postfix()
+
+    def finished(self, p: PlannedRun, status: str) -> None:
+        with self._lock:
+            self.running.pop(p.config.config_hash, None)
+            self.done += 1
+            elapsed = time.monotonic() - self.start
+            eta = elapsed / self.done * (self.total - self.done)
+            if self.bar is not None:
+                self.bar.update(1)
+                self._postfix()
+            # Under a bar the same facts are on screen; log lines would tear it.
+            line = f"[{self.done}/{self.total}] {p.label}: {status}; elapsed {_hms(elapsed)}, ETA {_hms(eta)}"
+            log.log(logging.DEBUG if self.bar is not None else logging.INFO, line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class _Sweep:
+    def __init__(self, results: Path, executor: str, jobs: int, progress: _Progress) -> None:
+        self.results = results
+        self.runner = run_inline if executor == "inline" else run_in_subprocess
+        self.jobs = jobs
+        self.progress = progress
+        self.stop = threading.Event()
+        self.children = Children()
+
+    def stop_all(self) -> None:
+        """Stop every run in flight; a second Ctrl-C meanwhile must not leave them running."""
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            self.stop.set()
+            self.children.stop_all()
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+
+    def _wait_lock(self, p: PlannedRun) -> int | None:
+        # Polling, not a blocking flock: a blocked thread could not be told to give up on Ctrl-C.
+        log.info("%s is being run by another process (pid %s); waiting for it", p.label, lock_holder(p.record))
+        while not self.stop.is_set():
+            fd = try_lock(p.record)
+            if fd is not None:
+                return fd
+            time.sleep(0.2)
+        return None
+
+    def attempt(self, p: PlannedRun, wait_if_locked: bool) -> _Result:
+        fd = try_lock(p.record)
+        if fd is None:
+            if not wait_if_locked:
+                return _Result("deferred")
+            fd = self._wait_lock(p)
+            if fd is None:
+                raise KeyboardInterrupt
+        try:
+            # Under the lock, look again: a record written since planning means another process ran this
+            # config meanwhile. (A record unchanged since planning is rerun: the caller chose to, e.g. --fresh.)
+            rec = load_record(p.record)
+            if rec.data is not None and _stat(p.record) != p.seen:
+                return _Result("elsewhere", 0 if rec.ok else 1)
+            if rec.problem not in (None, "missing"):
+                log.warning("%s: %s; moved to %s", p.record, rec.problem, set_aside(p.record))
+            self.progress.started(p)
+            try:
+                code = self.runner(p.config, self.results, True, jobs=self.jobs, lock_fd=fd, children=self.children)
+                error = None
+            except Exception as e:  # inline: one broken run must not end the sweep
+                if self.stop.is_set():
+                    raise
+                code, error = 2 if isinstance(e, UsageError) else 1, f"{type(e).__name__}: {e}"
+            return _Result("ran", code, error)
+        finally:
+            release_lock(fd)
+
+    def finish(self, p: PlannedRun, r: _Result, outcome: SweepOutcome, on_done) -> None:
+        if r.kind == "elsewhere":
+            outcome.elsewhere += 1
+        else:
+            outcome.ran += 1
+        rec = load_record(p.record)
+        ok = r.code == 0 and rec.ok
+        if not ok:
+            why = rec.data.get("error") if rec.data else _why(r.code, r.error)
+            outcome.failed.append(f"{p.label}: {why}")
+            log.warning("run failed: %s: %s", p.label, why)
+        self.progress.finished(p, "ok" if ok else "failed")
+        if on_done is not None:
+            on_done(p, r.code)
+
+    def run_serial(self, todo: list[PlannedRun], outcome: SweepOutcome, on_done) -> None:
+        deferred = []
+        for p in todo:
+            r = self.attempt(p, wait_if_locked=False)
+            if r.kind == "deferred":
+                deferred.append(p)
+            else:
+                self.finish(p, r, outcome, on_done)
+        for p in deferred:  # locked by another process on the first pass: wait for it now
+            self.finish(p, self.attempt(p, wait_if_locked=True), outcome, on_done)
+
+    def run_parallel(self, todo: list[PlannedRun], outcome: SweepOutcome, on_done) -> None:
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="sweep")
+        try:
+            futures: dict[Future, PlannedRun] = {pool.submit(self.attempt, p, False): p for p in todo}
+            waiting: list[PlannedRun] = []
+            while futures:
+                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    p = futures.pop(fut)
+                    r = fut.result()
+                    if r.kind == "deferred":
+                        waiting.append(p)
+                    else:
+                        self.finish(p, r, outcome, on_done)
+                # A config locked by another process is waited for only when a slot is free.
+                while waiting and len(futures) < self.jobs:
+                    p = waiting.pop(0)
+                    futures[pool.submit(self.attempt, p, True)] = p
+        except BaseException:
+            self.stop_all()  # before shutdown: the worker threads wait on the children being stopped
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_sweep(
@@ -122,6 +412,8 @@ def run_sweep(
     ray_resources: dict | None = None,
     on_done: Callable[[PlannedRun, int], None] | None = None,
 ) -> SweepOutcome:
+    """Run what is not done. On Ctrl-C (KeyboardInterrupt) the running children are stopped, no record is
+    written for them, and the KeyboardInterrupt propagates; rerunning the same sweep finishes the rest."""
     todo = [p for p in planned if not p.done]
     outcome = SweepOutcome(skipped=len(planned) - len(todo))
     if not todo:
@@ -130,55 +422,27 @@ def run_sweep(
         from peftbench.harness.ray_executor import run_with_ray
 
         codes = run_with_ray([p.config for p in todo], results, ray_address, ray_resources or {})
+        sweep = _Sweep(results, executor, jobs, _Progress(len(todo), False))
         for p, code in zip(todo, codes, strict=False):
-            _finish(p, code, outcome, on_done)
+            sweep.finish(p, _Result("ran", code), outcome, on_done)
         return outcome
-    runner = run_inline if executor == "inline" else run_in_subprocess
-    bar = _bar(len(todo), progress)
+    if executor == "inline" and jobs > 1:
+        # Runs in one process share the global RNG state, so concurrent inline runs would not be reproducible.
+        log.warning("the inline executor runs one config at a time; ignoring --jobs %d", jobs)
+        jobs = 1
+    sweep = _Sweep(results, executor, jobs, _Progress(len(todo), progress))
     start = time.perf_counter()
     try:
         if jobs <= 1:
-            for p in todo:
-                if bar is not None:
-                    bar.set_postfix_str(p.label)
-                code = runner(p.config, results, True)
-                _finish(p, code, outcome, on_done)
-                if bar is not None:
-                    bar.update(1)
+            sweep.run_serial(todo, outcome, on_done)
         else:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(runner, p.config, results, True): p for p in todo}
-                for fut in as_completed(futures):
-                    _finish(futures[fut], fut.result(), outcome, on_done)
-                    if bar is not None:
-                        bar.update(1)
+            sweep.run_parallel(todo, outcome, on_done)
+    except BaseException:
+        sweep.stop_all()
+        raise
     finally:
-        if bar is not None:
-            bar.close()
-    log.info(
-        "sweep: %d run, %d skipped, %d failed in %.0f s",
-        outcome.ran,
-        outcome.skipped,
-        len(outcome.failed),
-        time.perf_counter() - start,
-    )
+        sweep.progress.close()
+    took, o = time.perf_counter() - start, outcome
+    log.info("sweep: %d run, %d skipped, %d done elsewhere, %d failed in %.0f s", o.ran, o.skipped, o.elsewhere,
+             len(o.failed), took)  # fmt: skip
     return outcome
-
-
-def _finish(p: PlannedRun, code: int, outcome: SweepOutcome, on_done) -> None:
-    outcome.ran += 1
-    rec = load_record(p.record)
-    if code != 0 or not rec.ok:
-        why = rec.data.get("error") if rec.data else (rec.problem or f"exit code {code}")
-        outcome.failed.append(f"{p.label}: {why}")
-        log.warning("run failed: %s: %s", p.label, why)
-    if on_done is not None:
-        on_done(p, code)
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)
