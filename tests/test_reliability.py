@@ -21,6 +21,7 @@ import torch
 
 from peftbench import registry
 from peftbench.adapters.lora import LoraAdapter
+from peftbench.harness import executors
 from peftbench.harness import sweep as sweep_mod
 from peftbench.harness.cli import main
 from peftbench.harness.plan import RunRequest, resolve
@@ -170,7 +171,7 @@ def test_interrupted_sweep_stops_its_runs_and_a_killed_sweep_is_finished_by_the_
     assert main([*_sweep(tiny_model_dir, results, "0", "--executor", "inline"), *_sets(steps)]) == 0
     recs = [_record(tiny_model_dir, results, s, steps) for s in (0, 1, 2)]
     before = _snapshot(recs[0])
-    threads = max(1, sweep_mod.cpu_count() // 2)
+    threads = max(1, executors.cpu_count() // 2)
     env = _env(threads=None)  # the sweep chooses the children's thread count
     started: list[int] = []
     try:
@@ -487,10 +488,10 @@ def test_lock_is_exclusive_and_lives_beside_the_record(tmp_path):
 
 def test_runs_at_once_share_the_cores_unless_the_user_chose(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(sweep_mod, "cpu_count", lambda: 8)
-    assert [sweep_mod.child_env(j)["OMP_NUM_THREADS"] for j in (1, 3, 16)] == ["8", "2", "1"]
+    monkeypatch.setattr(executors, "cpu_count", lambda: 8)
+    assert [executors.child_env(j)["OMP_NUM_THREADS"] for j in (1, 3, 16)] == ["8", "2", "1"]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert sweep_mod.child_env(4)["OMP_NUM_THREADS"] == "3"
+    assert executors.child_env(4)["OMP_NUM_THREADS"] == "3"
 
 
 def test_progress_names_every_run_in_flight(tiny_model_dir, tmp_path, monkeypatch, capsys, caplog):

@@ -83,7 +83,7 @@ def data_fingerprint(task: TaskSpec, source: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
+def read_jsonl(path: Path) -> list[tuple[int, Any]]:
     opener = gzip.open if path.name.endswith(".gz") else open
     out = []
     with opener(path, "rt", encoding="utf-8") as f:
@@ -110,7 +110,7 @@ def check_rows(task: TaskSpec, rows: list[tuple[int, Any]], where: str) -> list[
 def _load_local(task: TaskSpec, source: str, split: str) -> list[dict]:
     path = split_file(task, source, split)
     # Check line by line first so a bad row is named by file and line, not by a cast error deep in arrow.
-    check_rows(task, _read_jsonl(path), str(path))
+    check_rows(task, read_jsonl(path), str(path))
     import datasets
 
     ds = datasets.load_dataset("json", data_files={split: str(path)}, split=split)

@@ -1,0 +1,107 @@
+"""Local executors of one resolved run: a fresh interpreter per run (the default), or inline in this process.
+The Ray executor lives in ray_executor.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from peftbench.config import RunConfig, canonical_json
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def child_env(jobs: int) -> dict[str, str]:
+    """The environment of a run process: runs at once share the cores instead of each taking all of them
+    (two runs with every core each thrash a small machine). A thread count the user set is kept."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, cpu_count() // max(1, jobs)))
+    return env
+
+
+class Children:
+    """The run processes of one sweep, so an interrupted sweep stops them instead of leaving orphans."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def spawn(self, cmd: list[str], **kw: Any) -> subprocess.Popen | None:
+        with self._lock:  # no child may start after stop_all() has taken its list
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(cmd, **kw)
+            self._procs.add(proc)
+            return proc
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        with self._lock:
+            self.stopping = True
+            procs = list(self._procs)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def run_in_subprocess(
+    cfg: RunConfig,
+    results: Path,
+    quiet: bool = True,
+    *,
+    jobs: int = 1,
+    lock_fd: int | None = None,
+    children: Children | None = None,
+) -> int:
+    """One run in a fresh interpreter: a crash or out-of-memory kills that run only, and its peak memory is
+    its own. The child inherits the config's lock, so the config stays locked while it lives. It gets its own
+    session: Ctrl-C reaches the sweep, which stops it. Returns the child's exit code (negative: signal)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, prefix="peftbench-run-") as f:
+        f.write(canonical_json(cfg))
+        cfg_file = f.name
+    try:
+        cmd = [sys.executable, "-m", "peftbench", "run", "--resolved", cfg_file, "--results", str(results)]
+        if quiet:
+            cmd.append("--quiet")
+        kw = dict(env=child_env(jobs), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
+        if children is None:
+            return subprocess.run(cmd, **kw).returncode
+        proc = children.spawn(cmd, **kw)
+        if proc is None:
+            raise KeyboardInterrupt  # the sweep is stopping
+        try:
+            return proc.wait()
+        finally:
+            children.discard(proc)
+    finally:
+        Path(cfg_file).unlink(missing_ok=True)
+
+
+def run_inline(cfg: RunConfig, results: Path, quiet: bool = True, **_: Any) -> int:
+    from peftbench.harness.runner import execute
+
+    rec = execute(cfg, results, progress=not quiet)
+    return 0 if rec["status"] == "ok" else 1
