@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -221,6 +222,10 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         print(_plan_table(planned))
         return 0
+    from peftbench.harness.plan import budget_mismatches
+
+    for line in budget_mismatches([p.config for p in planned]):
+        log.warning("budget not matched within 5%%: %s", line)
     todo = sum(not p.done for p in planned)
     log.info("sweep: %d configs, %d to run, %d already done", len(planned), todo, len(planned) - todo)
     # `kill <pid>` (a scheduler's stop) ends the sweep like Ctrl-C: its runs are stopped, not orphaned.
@@ -260,25 +265,42 @@ def cmd_sweep(args) -> int:
 def _plan_table(planned) -> str:
     from tabulate import tabulate
 
+    from peftbench.harness.plan import budget_mismatches, method_config_of, planned_adapter_count
+
     rows = []
     for p in planned:
         c = p.config
+        got = planned_adapter_count(c)
         rows.append(
             {
                 "task": c.task,
                 "method": c.method,
                 "budget": c.budget or "-",
-                "requested": c.budget_requested or "-",
-                "hparams": _hparams(c.method_config),
+                "requested": f"{c.budget_requested:,}" if c.budget_requested else "-",
+                "achieved": f"{got:,}" if got is not None else "-",
+                "off": f"{(got - c.budget_requested) / c.budget_requested:+.1%}" if got is not None else "-",
+                "hparams": _hparams(method_config_of(c)),
                 "seed": c.seed,
                 "record": p.status,
             }
         )
-    return tabulate(rows, headers="keys", tablefmt="github")
+    table = tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
+    off = budget_mismatches([p.config for p in planned])
+    note = (
+        "\n".join(f"not matched (> 5%): {o}" for o in off) if off else "every budgeted run is within 5% of its budget"
+    )
+    return f"{table}\n\n{note}\n(AdaLoRA in triplet mode: expected final count; the record holds the achieved one)"
 
 
-def _hparams(mc: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in mc.items() if not isinstance(v, (list, dict)))
+def _hparams(config) -> str:
+    """The settings that differ from the method's defaults: what the budget solved, plus any --set."""
+    default = type(config)()
+    changed = []
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if v != getattr(default, f.name):
+            changed.append(f"{f.name}={round(v, 4) if isinstance(v, float) else v}")
+    return " ".join(changed) or "defaults"
 
 
 def _print_leaderboard(results: Path, hashes: set[str] | None = None, tasks=None, methods=None) -> None:

@@ -152,3 +152,31 @@ def _check_train(t: TrainConfig) -> None:
         raise UsageError(f"precision must be auto, fp32 or bf16, got {t.precision!r}")
     if not 0 <= t.warmup_ratio < 1:
         raise UsageError(f"warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+
+
+# Within one budget, every method's count should be this close to the request for a fair comparison.
+MATCH_TOLERANCE = 0.05
+
+
+def planned_adapter_count(cfg: RunConfig) -> int | None:
+    """The adapter count the solved config promises (AdaLoRA in triplet mode: its expected final count)."""
+    if cfg.budget_requested is None:
+        return None
+    adapter_cls = registry.adapters.get(cfg.method)
+    shape = model_shape(cfg.model, cfg.task, cfg.train.targets)
+    return adapter_cls.adapter_count(list(shape.targets), method_config_of(cfg))
+
+
+def budget_mismatches(configs: list[RunConfig]) -> list[str]:
+    """One line per (task, method, budget) whose planned count is off the request by more than the tolerance."""
+    out, seen = [], set()
+    for cfg in configs:
+        key = (cfg.task, cfg.method, cfg.budget)
+        if key in seen or cfg.budget_requested is None:
+            continue
+        seen.add(key)
+        got = planned_adapter_count(cfg)
+        off = (got - cfg.budget_requested) / cfg.budget_requested
+        if abs(off) > MATCH_TOLERANCE:
+            out.append(f"{cfg.task}/{cfg.method} @ {cfg.budget}: {got:,} planned, {off:+.1%} off the request")
+    return out
