@@ -84,3 +84,25 @@ def test_missing_cells_are_marked(tmp_path):
 def test_empty_results(tmp_path, capsys):
     assert main(["leaderboard", "--results", str(tmp_path)]) == 0
     assert "no run records" in capsys.readouterr().out
+
+
+def test_runs_that_differ_in_more_than_the_seed_never_pool(tmp_path):
+    a = make_record(tmp_path, "sst2", "lora", 0, 0.80)
+    b = make_record(tmp_path, "sst2", "lora", 1, 0.90)
+    # Same method and budget, but b was trained with another learning rate: two rows, not one mean.
+    for rec, lr in ((a, 1e-3), (b, 1e-4)):
+        rec["config"]["_resolved"] = {"task": "sst2", "method": "lora", "seed": rec["config"]["seed"], "lr": lr}
+        write_record(record_path(tmp_path, "sst2", "lora", rec["config"]["config_hash"]), rec)
+    s = summarize(runs_frame(tmp_path))
+    assert len(s) == 2 and set(s["n"]) == {1}
+    text = render(s)
+    assert "lora [" in text
+
+
+def test_profiles_get_their_own_tables(tmp_path):
+    make_record(tmp_path, "sst2", "lora", 0, 0.80)
+    rec = make_record(tmp_path, "sst2", "full", 0, 0.70)
+    rec["config"]["profile"] = "regress"
+    write_record(record_path(tmp_path, "sst2", "full", rec["config"]["config_hash"]), rec)
+    text = render(summarize(runs_frame(tmp_path)))
+    assert "### sst2 (profile quick)" in text and "### sst2 (profile regress)" in text

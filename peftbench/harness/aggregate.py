@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
 import pandas as pd
 from scipy import stats
 
+from peftbench.config import canonical_json
 from peftbench.records import iter_records
 
-GROUP = ["task", "method", "budget"]
+# Runs are pooled over seeds only when everything but the seed is the same (the variant), so records made
+# with another profile, data or --set never mix into one mean.
+GROUP = ["task", "method", "budget", "profile", "variant"]
 NO_BUDGET = "-"
 
 
@@ -26,7 +30,8 @@ def _row(data: dict) -> dict:
         "budget_requested": (cfg.get("budget") or {}).get("requested"),
         "seed": cfg.get("seed"),
         "model": (cfg.get("model") or {}).get("id"),
-        "profile": cfg.get("profile"),
+        "profile": cfg.get("profile") or "-",
+        "variant": _variant(cfg),
         "status": data.get("status"),
         "error": data.get("error"),
         "primary_name": metrics.get("primary_name"),
@@ -47,6 +52,14 @@ def _row(data: dict) -> dict:
         if isinstance(v, (int, float)):
             row[f"metric.{k}"] = float(v)
     return row
+
+
+def _variant(cfg: dict) -> str:
+    resolved = dict(cfg.get("_resolved") or {})
+    resolved.pop("seed", None)
+    if not resolved:  # a record without its resolved config: fall back to what it does say
+        resolved = {k: v for k, v in cfg.items() if k not in ("seed", "config_hash")}
+    return hashlib.sha256(canonical_json(resolved).encode()).hexdigest()[:8]
 
 
 def runs_frame(results: Path, include_failed: bool = True) -> pd.DataFrame:

@@ -37,6 +37,14 @@ def _count(n) -> str:
     return f"{n / 1e6:.3f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
+def _off(achieved, requested) -> str:
+    """Flags a count more than 5% off its budget (AdaLoRA in triplet mode decides its count while training)."""
+    if not achieved or not requested:
+        return ""
+    off = (achieved - requested) / requested
+    return f" ({off:+.0%})" if abs(off) > 0.05 else ""
+
+
 def _mib(b) -> str:
     return "-" if b is None or (isinstance(b, float) and math.isnan(b)) else f"{b / 2**20:.0f}"
 
@@ -47,9 +55,9 @@ def _get(row: pd.Series, key: str):
 
 
 def task_tables(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(title, table) per task and budget. Unbudgeted rows (full FT) appear in every budget's table."""
+    """(title, table) per task, profile and budget. Unbudgeted rows (full FT) appear in every budget's table."""
     out = []
-    for task, g in summary.groupby("task", sort=True):
+    for (task, profile), g in summary.groupby(["task", "profile"], sort=True):
         scale = _scale(task)
         budgets = sorted(b for b in g["budget"].unique() if b != NO_BUDGET)
         metric_names = sorted(
@@ -59,16 +67,18 @@ def task_tables(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                 if c.startswith("metric.") and c.endswith(".mean") and g[c].notna().any()
             }
         )
+        # Variants tell apart runs of one method that differ in more than the seed (e.g. another --set).
+        variants = g.groupby(["method", "budget"])["variant"].transform("nunique")
         for budget in budgets or [NO_BUDGET]:
             rows = g[(g["budget"] == budget) | (g["budget"] == NO_BUDGET)]
             best = rows["primary.mean"].max() if "primary.mean" in rows and rows["primary.mean"].notna().any() else None
             table = []
-            for _, r in rows.sort_values(["budget", "method"]).iterrows():
+            for i, r in rows.sort_values(["budget", "method"]).iterrows():
                 primary = _pm(_get(r, "primary.mean"), _get(r, "primary.std"), scale)
                 if best is not None and _get(r, "primary.mean") == best:
                     primary = f"**{primary}**"
                 entry = {
-                    "method": r["method"],
+                    "method": r["method"] if variants[i] == 1 else f"{r['method']} [{r['variant']}]",
                     "budget": r["budget"],
                     f"{r['primary_name']} (primary)": primary,
                     "n": int(r["n"]),
@@ -78,14 +88,16 @@ def task_tables(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                 for m in metric_names:
                     if m != r["primary_name"]:
                         entry[m] = _pm(_get(r, f"metric.{m}.mean"), _get(r, f"metric.{m}.std"), scale)
-                entry["adapter params"] = _count(_get(r, "adapter"))
+                entry["adapter params"] = _count(_get(r, "adapter")) + _off(
+                    _get(r, "adapter"), _get(r, "budget_requested")
+                )
                 entry["trainable"] = _count(_get(r, "trainable"))
                 sps = _get(r, "samples_per_s")
                 entry["samples/s"] = "-" if sps is None else f"{sps:.1f}"
                 entry["peak MiB"] = _mib(_get(r, "peak_memory_bytes"))
                 table.append(entry)
             title = task if budget == NO_BUDGET else f"{task} @ {budget}"
-            out.append((title, pd.DataFrame(table)))
+            out.append((f"{title} (profile {profile})", pd.DataFrame(table)))
     return out
 
 
