@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
     p.add_argument("--tasks", type=_csv, default=None)
     p.add_argument("--methods", type=_csv, default=None)
+    p.add_argument("--profiles", type=_csv, default=None, help="only records made with these profiles")
 
     for module in SUBCOMMAND_MODULES:
         # Each module adds its own subcommand (parser + handler); its top level must import only light modules.
@@ -328,6 +329,8 @@ def cmd_leaderboard(args) -> int:
             df = df[df["task"].isin(args.tasks)]
         if args.methods:
             df = df[df["method"].isin(args.methods)]
+        if args.profiles:
+            df = df[df["profile"].isin(args.profiles)]
     text = render(summarize(df), args.format)
     if args.out:
         from peftbench.records import atomic_write_text

@@ -40,6 +40,7 @@ def add_subcommand(sub) -> None:
             help="results directory (records in runs/; default: results)",
         )
         q.add_argument("--methods", type=_csv, default=None, help="only these methods, e.g. lora,dora,full")
+        q.add_argument("--profile", default="quick", help="only records made with this training profile")
         q.add_argument("--out", type=Path, required=True, help=_OUT_HELP)
         if name == "curves":
             q.add_argument("--metric", default=None, help="metric from the eval history (default: the primary)")
@@ -81,11 +82,11 @@ def cmd_pareto(args) -> int:
     _check_results(args.results)
     df = runs_frame(args.results)
     if not df.empty:
-        df = df[df["task"] == args.task]
+        df = df[(df["task"] == args.task) & (df["profile"] == args.profile)]
         if args.methods:
             df = df[df["method"].isin(args.methods)]
     if df.empty:
-        raise UsageError(f"no records of task {args.task!r} under {args.results}; check --task, --methods")
+        raise UsageError(f"no records of task {args.task!r} under {args.results}; check --task, --methods, --profile")
     return _print(plots.plot_pareto(df, args.task, args.out))
 
 
@@ -99,8 +100,9 @@ def cmd_curves(args) -> int:
         for r in iter_records(args.results)
         if r.data is not None
         and (r.data.get("config") or {}).get("task") == args.task
+        and (r.data.get("config") or {}).get("profile", "quick") == args.profile
         and (not args.methods or (r.data.get("config") or {}).get("method") in args.methods)
     ]
     if not records:
-        raise UsageError(f"no records of task {args.task!r} under {args.results}; check --task, --methods")
+        raise UsageError(f"no records of task {args.task!r} under {args.results}; check --task, --methods, --profile")
     return _print(plots.plot_curves(records, args.task, args.out, args.metric))
