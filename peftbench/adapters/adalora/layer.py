@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftbench.adapters.lora import can_fuse, low_rank_linear
 from peftbench.errors import UsageError
 
 
@@ -54,9 +55,15 @@ class AdaLoraLinear(nn.Module):
         return (self.P @ (self.Q * self.lam.unsqueeze(1))) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
         if self.merged:
-            return out
+            return self.base(x)
+        w = self.base.weight
+        if can_fuse(x, w, self.dropout, self.training) and self.Q.dtype == w.dtype:
+            # W + s P diag(lambda) Q in one GEMM (see lora.low_rank_linear); lambda's gradient comes through Q * lam.
+            q_lam = self.Q * self.lam.unsqueeze(1)
+            training = self.training and self.base.training  # the model's mode (see LoraLinear.fused_training)
+            return low_rank_linear(x, w, self.base.bias, q_lam, self.P, self.scaling, training=training)
+        out = self.base(x)
         update = F.linear(F.linear(self.dropout(x.to(self.Q.dtype)), self.Q * self.lam.unsqueeze(1)), self.P)
         return out + (update * self.scaling).to(out.dtype)
 
