@@ -1,0 +1,470 @@
+"""`peftbench regress`: the CI accuracy gate. A fixed suite runs through the sweep machinery and each
+(task, method) row is compared with the committed baseline `results/baselines/regress.json`.
+
+The suite: the embedded MiniLM (`minilm-l6`) on the bundled sample data, SST-2 (single sentence) and MRPC
+(sentence pair), every built-in method (entry points whose module is under `peftbench.`, so a new built-in
+joins by being registered), seeds 0 and 1, the short "regress" training profile. Records are reused when
+their config hash matches, so a second `make regress` trains nothing; `--fresh` reruns every run (the hash
+covers the config, not the code, so use it locally after a code change; CI starts from a clean clone).
+
+Determinism: on CPU the same config and seed give bit-identical metrics, so a pure refactor shows a delta of
+exactly 0 on every row ("pass, identical").
+
+Allowed drop. A benign change that does alter the numbers (a library upgrade, another summation order, a new
+default) moves a row about as much as drawing new seeds would, so the tolerance comes from the baseline's own
+seed spread. With s the baseline's sample standard deviation over its n_b seeds and n_now seeds run now, the
+standard error of the difference of the two means is s * sqrt(1/n_b + 1/n_now); a row regresses when its mean
+falls by more than
+
+    allowed = max(K_SIGMA * s * sqrt(1/n_b + 1/n_now), FLOOR)      K_SIGMA = 3, FLOOR = 0.02
+
+in the task's primary metric (accuracy on both suite tasks, so 0.02 = two points). Three standard errors keep
+false alarms rare; the floor is there because a spread estimated from two seeds can be near zero by chance.
+"Falls" follows the metric's direction. One baseline seed: the spread is unknown and the floor applies.
+
+Exit codes: 0 every row passes (or is "new": no baseline row, e.g. a new method), 1 at least one regression,
+2 the suite could not run (a failed run, a missing or unreadable baseline, bad input). A failed run wins over
+a regression: the suite is then incomplete and the table says which row failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from peftbench import registry
+from peftbench.errors import UsageError
+from peftbench.records import atomic_write_text, load_record
+
+log = logging.getLogger(__name__)
+
+K_SIGMA = 3.0
+FLOOR = 0.02
+BASELINE_SCHEMA = 1
+BASELINE_PATH = Path("results") / "baselines" / "regress.json"
+RULE_TEXT = (
+    f"allowed drop = max({K_SIGMA:g} x baseline seed std x sqrt(1/n_base + 1/n_now), {FLOOR:g}) in the primary "
+    f"metric; a row regresses when its mean falls by more than that"
+)
+
+
+@dataclass(frozen=True)
+class Suite:
+    model: str = field(default="minilm-l6", metadata={"help": "model alias, directory or hub id"})
+    tasks: tuple[str, ...] = field(default=("sst2", "mrpc"), metadata={"help": "GLUE tasks of the suite"})
+    methods: tuple[str, ...] = field(default=(), metadata={"help": "methods (empty: every built-in method)"})
+    seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "seeds per (task, method)"})
+    profile: str = field(default="regress", metadata={"help": "training profile of config.PROFILES"})
+    sets: tuple[str, ...] = field(default=(), metadata={"help": "`--set key=value` overrides for every run"})
+    data: str = field(default="sample", metadata={"help": "data source (the bundled samples by default)"})
+
+    def method_names(self) -> tuple[str, ...]:
+        return self.methods or builtin_methods()
+
+
+def builtin_methods(points: Iterable[metadata.EntryPoint] | None = None) -> tuple[str, ...]:
+    """Registered methods implemented inside peftbench; third-party plugins are not ours to gate."""
+    if points is None:
+        points = metadata.entry_points(group=registry.ADAPTER_GROUP)
+    return tuple(sorted({ep.name for ep in points if ep.module.split(".")[0] == "peftbench"}))
+
+
+def allowed_drop(baseline_values: list[float], n_now: int) -> float:
+    n_b = len(baseline_values)
+    if n_b < 2 or n_now < 1:
+        return FLOOR
+    return max(K_SIGMA * _std(baseline_values) * math.sqrt(1 / n_b + 1 / n_now), FLOOR)
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return math.nan
+    m = _mean(values)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+# --- running the suite ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RowResult:
+    task: str
+    method: str
+    metric: str
+    higher_is_better: bool
+    values: dict[int, float] = field(default_factory=dict)  # seed -> primary metric
+    hashes: dict[int, str] = field(default_factory=dict)  # seed -> config hash
+    failed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SuiteRun:
+    rows: dict[tuple[str, str], RowResult]
+    ran: int
+    reused: int
+
+
+def run_suite(
+    suite: Suite, results: Path, fresh: bool = False, executor: str = "inline", progress: bool = False
+) -> SuiteRun:
+    """Expand, plan and run the suite with the sweep machinery; read back exactly the planned records."""
+    import dataclasses
+
+    from peftbench.harness.sweep import expand, plan, run_sweep
+
+    requests = expand(
+        suite.tasks,
+        suite.method_names(),
+        [],
+        suite.seeds,
+        model=suite.model,
+        data=suite.data,
+        sets=tuple(suite.sets),
+        profile=suite.profile,
+    )
+    planned = plan(requests, results)
+    if fresh:
+        planned = [dataclasses.replace(p, done=False) for p in planned]
+    outcome = run_sweep(planned, results, jobs=1, executor=executor, progress=progress)
+    # The sweep's own account wins: a run that failed now may have left an older ok record behind (--fresh).
+    failed = {p.label: f[len(p.label) + 2 :] for p in planned for f in outcome.failed if f.startswith(p.label + ": ")}
+    rows: dict[tuple[str, str], RowResult] = {}
+    for p in planned:
+        c = p.config
+        spec = registry.tasks.get(c.task)
+        row = rows.setdefault(
+            (c.task, c.method), RowResult(c.task, c.method, spec.primary_metric, spec.higher_is_better)
+        )
+        rec = load_record(p.record)
+        primary = (rec.data or {}).get("metrics", {}).get("primary")
+        if p.label in failed or not rec.ok or primary is None:
+            why = failed.get(p.label) or (rec.data or {}).get("error") or rec.problem or "no primary metric"
+            row.failed.append(f"seed {c.seed}: {why}")
+            continue
+        row.values[c.seed] = float(primary)
+        row.hashes[c.seed] = c.config_hash
+    return SuiteRun(rows, outcome.ran, outcome.skipped + outcome.elsewhere)
+
+
+# --- judging -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    task: str
+    method: str
+    metric: str
+    base: list[float] | None
+    now: list[float]
+    delta: float | None  # now mean - baseline mean
+    allowed: float | None
+    verdict: str  # pass | pass, identical | improved | REGRESSION | new | FAILED
+    config_changed: bool = False
+
+
+def judge(row: RowResult, base_row: dict[str, Any] | None) -> Verdict:
+    now = [row.values[s] for s in sorted(row.values)]
+    if row.failed or not now:
+        base_vals = list(base_row["values"].values()) if base_row else None
+        return Verdict(row.task, row.method, row.metric, base_vals, now, None, None, "FAILED")
+    if base_row is None:
+        return Verdict(row.task, row.method, row.metric, None, now, None, None, "new")
+    base_values = {int(s): float(v) for s, v in base_row["values"].items()}
+    base = [base_values[s] for s in sorted(base_values)]
+    delta = _mean(now) - _mean(base)
+    allowed = allowed_drop(base, len(now))
+    drop = -delta if row.higher_is_better else delta
+    hashes = base_row.get("config_hashes", {})
+    changed = any(hashes.get(str(s)) not in (None, h) for s, h in row.hashes.items())
+    if base_values == row.values:
+        verdict = "pass, identical"
+    elif drop > allowed:
+        verdict = "REGRESSION"
+    elif -drop > allowed:
+        verdict = "improved"
+    else:
+        verdict = "pass"
+    return Verdict(row.task, row.method, row.metric, base, now, delta, allowed, verdict, changed)
+
+
+def _mean_std(values: list[float] | None) -> str:
+    if not values:
+        return "-"
+    std = _std(values)
+    spread = "-" if math.isnan(std) else f"{std:.4f}"
+    return f"{_mean(values):.4f} ± {spread} (n={len(values)})"
+
+
+def _delta(d: float | None) -> str:
+    if d is None:
+        return "-"
+    if d == 0:
+        return "0"
+    return f"{d:+.4f}" if abs(d) >= 5e-5 else f"{d:+.2e}"
+
+
+def render(verdicts: list[Verdict]) -> str:
+    from tabulate import tabulate
+
+    rows = [
+        {
+            "task": v.task,
+            "method": v.method,
+            "metric": v.metric,
+            "baseline mean ± std": _mean_std(v.base),
+            "now mean ± std": _mean_std(v.now),
+            "delta": _delta(v.delta),
+            "allowed drop": "-" if v.allowed is None else f"{v.allowed:.4f}",
+            "verdict": v.verdict + (" (config changed)" if v.config_changed else ""),
+        }
+        for v in verdicts
+    ]
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
+
+
+# --- the baseline file ---------------------------------------------------------------------------------------
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f'no baseline at {path}; make one with `make regress-update REASON="..."`') from None
+    except (OSError, ValueError) as e:
+        raise UsageError(
+            f"cannot read baseline {path} ({type(e).__name__}); regenerate it with make regress-update"
+        ) from None
+    if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA or not isinstance(data.get("rows"), list):
+        raise UsageError(f"{path} is not a schema-{BASELINE_SCHEMA} regress baseline; regenerate it")
+    for r in data["rows"]:
+        ok = isinstance(r, dict) and {"task", "method", "values"} <= set(r) and isinstance(r["values"], dict)
+        if not ok or not r["values"] or not all(isinstance(v, (int, float)) for v in r["values"].values()):
+            raise UsageError(f"{path}: malformed row {r!r}; regenerate the baseline")
+    return data
+
+
+def baseline_rows(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["task"], r["method"]): r for r in data["rows"]}
+
+
+def make_baseline(suite: Suite, run: SuiteRun, reason: str, command: str, previous: dict | None) -> dict[str, Any]:
+    import torch
+
+    from peftbench.harness.measure import environment
+
+    rows = []
+    for (task, method), r in sorted(run.rows.items()):
+        vals = [r.values[s] for s in sorted(r.values)]
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "metric": r.metric,
+                "higher_is_better": r.higher_is_better,
+                "values": {str(s): r.values[s] for s in sorted(r.values)},
+                "mean": _mean(vals),
+                "std": None if len(vals) < 2 else _std(vals),
+                "config_hashes": {str(s): r.hashes[s] for s in sorted(r.hashes)},
+            }
+        )
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    history = list((previous or {}).get("history", []))
+    history.append({"created": created, "reason": reason, "command": command})
+    env = environment(torch.device("cpu"))
+    return {
+        "schema": BASELINE_SCHEMA,
+        "created": created,
+        "reason": reason,
+        "command": command,
+        "suite": {**asdict(suite), "methods": list(suite.method_names())},
+        "rule": {"k_sigma": K_SIGMA, "floor": FLOOR, "text": RULE_TEXT},
+        "versions": env.pop("versions"),
+        "environment": env,
+        "rows": rows,
+        "history": history,
+    }
+
+
+def _suite_notes(suite: Suite, data: dict[str, Any]) -> list[str]:
+    recorded = data.get("suite") or {}
+    now = json.loads(json.dumps(asdict(suite)))  # tuples as lists, as the baseline has them
+    keys = ("model", "tasks", "seeds", "profile", "sets", "data")
+    return [
+        f"suite differs from the baseline's: {k} {now[k]!r} vs {recorded[k]!r}"
+        for k in keys
+        if now[k] != recorded.get(k, now[k])
+    ]
+
+
+# --- the gate ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RegressReport:
+    exit_code: int
+    verdicts: list[Verdict]
+    text: str
+
+
+def regress(
+    suite: Suite | None = None,
+    results: Path | str = "results",
+    baseline: Path | str = BASELINE_PATH,
+    update: bool = False,
+    reason: str | None = None,
+    fresh: bool = False,
+    executor: str = "inline",
+    progress: bool = False,
+    command: str | None = None,
+) -> RegressReport:
+    """Run the suite and judge it against the baseline; with `update`, write the baseline instead of failing."""
+    suite = suite or Suite()
+    results, baseline = Path(results), Path(baseline)
+    if update and not (reason or "").strip():
+        raise UsageError('--update needs --reason "why the baseline changes" (make regress-update REASON="...")')
+    if not update:
+        previous: dict[str, Any] | None = load_baseline(baseline)
+    else:
+        # An update replaces whatever is there; the old baseline, when readable, is shown for comparison.
+        try:
+            previous = load_baseline(baseline)
+        except UsageError as e:
+            log.info("%s; this update writes a new one", e)
+            previous = None
+    run = run_suite(suite, results, fresh=fresh, executor=executor, progress=progress)
+    base = baseline_rows(previous) if previous else {}
+    verdicts = [judge(run.rows[key], base.get(key)) for key in sorted(run.rows)]
+    lines = [render(verdicts), "", RULE_TEXT + "."]
+    lines.append(f"runs: {run.ran} trained, {run.reused} reused from {results}/runs (same config hash; --fresh reruns)")
+    if previous:
+        lines.append(f"baseline: {baseline}, made {previous.get('created')} ({previous.get('reason')})")
+        lines.extend(_suite_notes(suite, previous))
+        changed = [f"{v.task}/{v.method}" for v in verdicts if v.config_changed]
+        if changed:
+            lines.append(
+                "config hash differs from the baseline's (a default or override changed): " + ", ".join(changed)
+            )
+        missing = sorted(set(base) - set(run.rows))
+        if missing:
+            lines.append("baseline rows not in this suite: " + ", ".join(f"{t}/{m}" for t, m in missing))
+    failed = [v for v in verdicts if v.verdict == "FAILED"]
+    for v in failed:
+        for why in run.rows[(v.task, v.method)].failed:
+            lines.append(f"failed: {v.task}/{v.method} {why}")
+    for kind in ("new", "improved"):
+        names = [f"{v.task}/{v.method}" for v in verdicts if v.verdict == kind]
+        if names and not update:
+            lines.append(f"{kind}: {', '.join(names)} (not a failure; record with make regress-update REASON=...)")
+    regressed = [f"{v.task}/{v.method}" for v in verdicts if v.verdict == "REGRESSION"]
+    if failed:
+        code = 2
+        lines.append(f"suite incomplete: {len(failed)} row(s) failed to run")
+    elif update:
+        data = make_baseline(suite, run, reason.strip(), command or _command(suite, reason.strip(), fresh), previous)
+        atomic_write_text(baseline, json.dumps(data, indent=1) + "\n")
+        lines.append(f"baseline written: {baseline} ({len(data['rows'])} rows, reason: {reason.strip()})")
+        code = 0
+    elif regressed:
+        code = 1
+        lines.append(f"REGRESSION in {', '.join(regressed)}")
+    else:
+        code = 0
+        lines.append("no regression")
+    return RegressReport(code, verdicts, "\n".join(lines))
+
+
+def _command(suite: Suite, reason: str, fresh: bool) -> str:
+    """The CLI call that reproduces this baseline (options at their defaults left out)."""
+    default = Suite()
+    argv = ["peftbench", "regress", "--update", "--reason", reason] + (["--fresh"] if fresh else [])
+    for key in ("model", "profile", "data"):
+        if getattr(suite, key) != getattr(default, key):
+            argv += [f"--{key}", str(getattr(suite, key))]
+    for key in ("tasks", "methods", "seeds"):
+        if getattr(suite, key) != getattr(default, key):
+            argv += [f"--{key}", ",".join(str(v) for v in getattr(suite, key))]
+    for s in suite.sets:
+        argv += ["--set", s]
+    return shlex.join(argv)
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _names(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers like 0,1, got {value!r}") from None
+
+
+def add_subcommand(sub) -> None:
+    d = Suite()
+    p = sub.add_parser("regress", help="CI accuracy gate: the fixed suite against results/baselines/regress.json")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results directory (records in runs/)")
+    p.add_argument("--baseline", type=Path, default=BASELINE_PATH, help="baseline JSON to compare with or write")
+    p.add_argument("--update", action="store_true", help="rewrite the baseline from this run (needs --reason)")
+    p.add_argument("--reason", default=None, help="why the baseline changes; recorded in it")
+    p.add_argument("--fresh", action="store_true", help="rerun every run even when its record exists")
+    p.add_argument("--model", default=d.model, help="suite model (alias, directory or hub id)")
+    p.add_argument("--tasks", type=_names, default=d.tasks, help="suite tasks, e.g. sst2,mrpc")
+    p.add_argument("--methods", type=_names, default=d.methods, help="suite methods (default: every built-in)")
+    p.add_argument("--seeds", type=_int_list, default=d.seeds, help="suite seeds, e.g. 0,1")
+    p.add_argument("--profile", default=d.profile, help="training profile")
+    p.add_argument("--data", default=d.data, help="data source")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a train or method setting for every run, e.g. --set lr=1e-5",
+    )
+    p.add_argument("--executor", default="inline", choices=["inline", "local"], help="inline: in this process")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_regress)
+
+
+def cmd_regress(args) -> int:
+    import sys
+
+    suite = Suite(
+        model=args.model,
+        tasks=tuple(args.tasks),
+        methods=tuple(args.methods),
+        seeds=tuple(args.seeds),
+        profile=args.profile,
+        sets=tuple(args.sets),
+        data=args.data,
+    )
+    if not suite.tasks or not suite.seeds or not suite.method_names():
+        raise UsageError("the suite needs at least one task, method and seed")
+    report = regress(
+        suite,
+        args.results,
+        args.baseline,
+        update=args.update,
+        reason=args.reason,
+        fresh=args.fresh,
+        executor=args.executor,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    print(report.text)
+    return report.exit_code

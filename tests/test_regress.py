@@ -1,0 +1,256 @@
+"""The CI accuracy gate: allowed-drop rule, verdicts, the committed baseline, and the gate end to end on a tiny
+BERT (bit-identical reruns pass with delta 0, lr/100 fails naming the rows, a new method is "new")."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from peftbench import registry
+from peftbench.harness import cli
+from peftbench.harness.regress import (
+    BASELINE_PATH,
+    FLOOR,
+    K_SIGMA,
+    RowResult,
+    Suite,
+    allowed_drop,
+    builtin_methods,
+    judge,
+    load_baseline,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+LR = 3e-3  # the tiny BERT learns the keyword task at this rate (LoRA in ~100 steps); at LR/100 it stays at the prior
+TINY_SETS = ("epochs=4", "batch_size=16", "max_length=32", "train_rows=0", "eval_rows=0", f"lr={LR}")
+
+
+# --- the rule and the verdicts (no training) -------------------------------------------------------------------
+
+
+def test_allowed_drop_is_k_standard_errors_of_the_difference_with_a_floor():
+    base = [0.70, 0.80, 0.75]
+    s = math.sqrt(((0.70 - 0.75) ** 2 + (0.80 - 0.75) ** 2 + 0) / 2)  # sample std = 0.05
+    assert allowed_drop(base, 2) == pytest.approx(K_SIGMA * s * math.sqrt(1 / 3 + 1 / 2))
+    assert allowed_drop([0.80, 0.80], 2) == FLOOR  # a spread of zero from two seeds: the floor holds
+    assert allowed_drop([0.80], 2) == FLOOR  # one seed: spread unknown
+
+
+def _row(values: dict[int, float], higher: bool = True, failed: list[str] | None = None) -> RowResult:
+    return RowResult("sst2", "lora", "accuracy", higher, dict(values), {s: f"h{s}" for s in values}, failed or [])
+
+
+def _base(values: dict[int, float]) -> dict:
+    return {"task": "sst2", "method": "lora", "values": {str(s): v for s, v in values.items()}}
+
+
+def test_verdicts_follow_the_rule_and_the_metric_direction():
+    base = _base({0: 0.80, 1: 0.82})
+    allowed = allowed_drop([0.80, 0.82], 2)  # 3 * 0.01414 = 0.0424
+    same = judge(_row({0: 0.80, 1: 0.82}), base)
+    assert same.verdict == "pass, identical" and same.delta == 0.0 and same.allowed == pytest.approx(allowed)
+    assert judge(_row({0: 0.79, 1: 0.80}), base).verdict == "pass"  # -0.015, within the allowed drop
+    low = judge(_row({0: 0.75, 1: 0.76}), base)  # -0.055
+    assert low.verdict == "REGRESSION" and low.delta == pytest.approx(-0.055)
+    assert judge(_row({0: 0.87, 1: 0.88}), base).verdict == "improved"
+    # Lower-is-better metric: the same rise is now the regression.
+    assert judge(_row({0: 0.87, 1: 0.88}, higher=False), base).verdict == "REGRESSION"
+    assert judge(_row({0: 0.80}), None).verdict == "new"
+    failed = judge(_row({0: 0.80}, failed=["seed 1: diverged"]), base)
+    assert failed.verdict == "FAILED" and failed.delta is None
+    # The hash of a seed differs from the baseline's: the row says so (a default changed), whatever the verdict.
+    changed = judge(_row({0: 0.80, 1: 0.82}), {**base, "config_hashes": {"0": "h0", "1": "other"}})
+    assert changed.config_changed and not same.config_changed
+
+
+def test_builtin_methods_are_the_registered_ones_inside_peftbench():
+    group = registry.ADAPTER_GROUP
+    points = [
+        metadata.EntryPoint("lora", "peftbench.adapters.lora:LoraAdapter", group),
+        metadata.EntryPoint("vera", "peftbench.adapters.vera:VeraAdapter", group),
+        metadata.EntryPoint("myplugin", "someone_else.adapters:Plugin", group),
+        metadata.EntryPoint("lora", "peftbench.adapters.lora:LoraAdapter", group),  # installed twice
+        metadata.EntryPoint("trick", "peftbenchx.mod:Cls", group),
+    ]
+    assert builtin_methods(points) == ("lora", "vera")
+    assert {"full", "lora", "adalora", "dora"} <= set(builtin_methods())
+
+
+def test_default_suite_is_the_issue_suite():
+    s = Suite()
+    assert s.model == "minilm-l6" and s.data == "sample" and s.profile == "regress" and not s.sets
+    assert len(s.seeds) >= 2
+    inputs = {len(registry.tasks.get(t).text_fields) for t in s.tasks}
+    assert inputs == {1, 2}  # one single-sentence and one sentence-pair task
+    assert set(s.method_names()) == set(builtin_methods())
+
+
+def test_committed_baseline_describes_the_default_suite():
+    data = load_baseline(ROOT / BASELINE_PATH)
+    for key in ("created", "reason", "command", "versions", "rule"):
+        assert data[key], key
+    assert data["command"].startswith("peftbench regress --update")
+    assert data["versions"]["torch"] and data["versions"]["transformers"]
+    assert data["rule"]["k_sigma"] == K_SIGMA and data["rule"]["floor"] == FLOOR
+    s = Suite()
+    suite = data["suite"]
+    assert (suite["model"], suite["profile"], suite["data"]) == (s.model, s.profile, s.data)
+    assert tuple(suite["tasks"]) == s.tasks and tuple(suite["seeds"]) == s.seeds and not suite["sets"]
+    assert {"full", "lora", "adalora", "dora"} <= set(suite["methods"])
+    rows = {(r["task"], r["method"]): r for r in data["rows"]}
+    assert set(rows) == {(t, m) for t in suite["tasks"] for m in suite["methods"]}
+    for r in rows.values():
+        assert sorted(int(k) for k in r["values"]) == list(s.seeds)
+        assert r["metric"] == registry.tasks.get(r["task"]).primary_metric
+        assert all(0.0 <= v <= 1.0 for v in r["values"].values())
+
+
+def test_importing_the_subcommand_module_stays_light():
+    code = "import sys, peftbench.harness.regress; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    args = cli.build_parser().parse_args(["regress", "--set", "lr=1e-5", "--seeds", "3,4"])
+    assert args.func.__name__ == "cmd_regress" and args.sets == ["lr=1e-5"] and args.seeds == (3, 4)
+
+
+# --- end to end on a tiny BERT ---------------------------------------------------------------------------------
+
+
+def _keyword_data(root: Path) -> Path:
+    """SST-2-shaped rows whose label is carried by one sentiment word: learnable by a random tiny BERT in a few
+    dozen steps (the real SST-2 sample is not), so a degraded learning rate really scores lower."""
+    rng = random.Random(0)
+    neutral = "the a movie film story plot actor scene it was is this that and of with to in for on as very".split()
+    words = {
+        1: "great good excellent wonderful superb lovely".split(),
+        0: "bad awful terrible boring poor dull".split(),
+    }
+    d = root / "sst2"
+    d.mkdir(parents=True)
+    for split, n in (("train", 640), ("validation", 200)):
+        lines = []
+        for i in range(n):
+            label = rng.randrange(2)
+            sent = [rng.choice(neutral) for _ in range(rng.randint(5, 10))]
+            sent.insert(rng.randrange(len(sent) + 1), rng.choice(words[label]))
+            lines.append(json.dumps({"sentence": " ".join(sent), "label": label, "idx": i}))
+        (d / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir, tmp_path_factory):
+    """A tiny suite (keyword SST-2, full + LoRA, seeds 0 and 1) and its baseline, made with the update path."""
+    import torch
+
+    root = tmp_path_factory.mktemp("regress")
+    threads = torch.get_num_threads()
+    # Tiny matrices gain nothing from a second thread, and on a shared CPU its sync stalls cost minutes.
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PEFTBENCH_CACHE", str(root / "cache"))
+            data = _keyword_data(root / "data")
+            suite_args = ["--model", str(tiny_model_dir), "--data", str(data), "--tasks", "sst2"]
+            suite_args += ["--methods", "full,lora", "--seeds", "0,1", "--quiet"]
+            for s in TINY_SETS:
+                suite_args += ["--set", s]
+            env = {"args": suite_args, "results": root / "results", "baseline": root / "baseline.json"}
+            assert _gate(env, "--update", "--reason", "tiny baseline") == 0
+            yield env
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _gate(env: dict, *extra: str) -> int:
+    argv = ["regress", *env["args"], "--results", str(env["results"]), "--baseline", str(env["baseline"]), *extra]
+    return cli.main(argv)
+
+
+def _table_rows(out: str) -> dict[tuple[str, str], list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 8 and cells[0] not in ("task",) and not cells[0].startswith("-"):
+            rows[(cells[0], cells[1])] = cells
+    return rows
+
+
+def test_update_writes_baseline_with_reason_command_and_versions(tiny):
+    data = json.loads(tiny["baseline"].read_text())
+    assert data["reason"] == "tiny baseline" and data["history"][-1]["reason"] == "tiny baseline"
+    assert "--update" in data["command"] and f"lr={LR}" in data["command"]
+    assert data["versions"]["torch"] and data["created"]
+    rows = {(r["task"], r["method"]): r for r in data["rows"]}
+    assert set(rows) == {("sst2", "full"), ("sst2", "lora")}
+    # The baseline config learns the task: far above the 0.41 of predicting the majority class.
+    assert min(rows["sst2", "full"]["values"].values()) > 0.9
+    assert min(rows["sst2", "lora"]["values"].values()) > 0.6
+
+
+def test_rerun_reuses_records_then_fresh_rerun_is_bit_identical(tiny, capsys):
+    capsys.readouterr()
+    assert _gate(tiny) == 0
+    out = capsys.readouterr().out
+    assert "0 trained, 4 reused" in out
+    assert _gate(tiny, "--fresh") == 0
+    out = capsys.readouterr().out
+    assert "4 trained, 0 reused" in out and "no regression" in out
+    rows = _table_rows(out)
+    assert set(rows) == {("sst2", "full"), ("sst2", "lora")}
+    for cells in rows.values():
+        assert cells[5] == "0" and cells[7] == "pass, identical", cells  # delta exactly 0 after retraining
+
+
+def test_gate_fails_on_learning_rate_divided_by_100(tiny, capsys):
+    capsys.readouterr()
+    code = _gate(tiny, "--set", f"lr={LR / 100}")
+    out = capsys.readouterr().out
+    assert code == 1, out
+    rows = _table_rows(out)
+    for method in ("full", "lora"):
+        cells = rows["sst2", method]
+        assert cells[7].startswith("REGRESSION"), cells
+        assert float(cells[5]) < -float(cells[6])  # the drop exceeds the allowed drop printed beside it
+    assert "REGRESSION in sst2/full, sst2/lora" in out
+    assert "suite differs from the baseline's: sets" in out
+    assert "allowed drop = max(" in out  # the rule is printed under the table
+
+
+def test_method_without_baseline_row_is_new_not_a_failure(tiny, tmp_path, capsys):
+    data = json.loads(tiny["baseline"].read_text())
+    data["rows"] = [r for r in data["rows"] if r["method"] != "lora"]
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(data))
+    capsys.readouterr()
+    code = _gate({**tiny, "baseline": partial})
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = _table_rows(out)
+    assert rows["sst2", "lora"][7] == "new" and rows["sst2", "full"][7] == "pass, identical"
+
+
+def test_suite_that_cannot_run_exits_2(tiny, capsys):
+    capsys.readouterr()
+    # Adam at this rate sends the loss to inf/NaN in a step or two: the runs fail and the suite is incomplete.
+    code = _gate(tiny, "--methods", "lora", "--seeds", "0", "--set", "lr=1e30", "--set", "max_steps=3")
+    out = capsys.readouterr().out
+    assert code == 2, out
+    assert _table_rows(out)["sst2", "lora"][7] == "FAILED"
+    assert "failed: sst2/lora seed 0: training diverged" in out
+
+
+def test_bad_input_exits_2_on_one_line(tiny, tmp_path, capsys):
+    capsys.readouterr()
+    assert _gate({**tiny, "baseline": tmp_path / "none.json"}) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no baseline at") and "\n" not in err
+    assert _gate(tiny, "--update") == 2
+    assert "needs --reason" in capsys.readouterr().err
