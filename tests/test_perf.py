@@ -92,7 +92,7 @@ def test_perf_json_holds_the_numbers_behind_the_table(perf_run):
     assert fixed["full"]["peak_bytes"] > fixed["lora"]["peak_bytes"]
     assert fixed["floor"]["x_floor"] == 1.0
     e2e = data["e2e"]
-    assert e2e["harness"]["steps"] == e2e["bare"]["steps"] == e2e["trainer"]["steps"] == 2  # 48 rows / 32
+    assert e2e["harness"]["steps"] == e2e["bare"]["steps"] == e2e["trainer"]["steps"] == 3  # 48 rows / 16
     # Same rows, tokens, batches, seed and model: the bare loop is the harness's computation without the harness.
     assert e2e["bare"]["accuracy"] == pytest.approx(e2e["harness"]["accuracy"])
     assert e2e["padding"]["padded"]["train_tokens"] == e2e["padding"]["grouped"]["train_tokens"]

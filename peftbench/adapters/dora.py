@@ -3,14 +3,15 @@
 The magnitude m (one value per output row) starts at ||W|| and B starts at 0, so the model is unchanged at
 initialisation. Checked against peft 0.21 (`tuners/lora/dora.py`, `variants.DoraLinearVariant`); where we differ
 it is only in how the same numbers are computed:
-- the row norm comes from ||w_i||^2 + 2s b_i.(W A^T)_i + s^2 b_i (A A^T) b_i^T, never materialising the
-  d_out x d_in update (peft builds it with an identity matmul, lora_B(lora_A(eye(d_in))));
 - without dropout (or in eval mode) the layer runs W x once and rescales it: g * (W x + s B A x) + b with
   g = m / n, which is peft's W x + b + (g - 1)(W x) + g s B A x rearranged; in float32 that is one GEMM
-  against W + s B A (`lora.low_rank_linear`), with g folded into the small factors of the backward;
-- the norm is cached, keyed on the version counters of W, A and B, so any in-place change (an optimizer
-  step, load_state_dict, merge) invalidates it, in train or eval mode; peft caches only when a global flag is
-  set and only in eval mode.
+  against W + s B A (`lora.low_rank_linear`), which then also gives the row norm, g folded into the small
+  factors of the backward;
+- elsewhere (autocast, dropout, merge) the row norm comes from ||w_i||^2 + 2s b_i.(W A^T)_i +
+  s^2 b_i (A A^T) b_i^T, never materialising the d_out x d_in update (peft builds it with an identity matmul,
+  lora_B(lora_A(eye(d_in)))), and is cached, keyed on the version counters of W, A and B, so any in-place
+  change (an optimizer step, load_state_dict, merge) invalidates it, in train or eval mode; peft caches only
+  when a global flag is set and only in eval mode.
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ class DoraLinear(LoraLinear):
         if self.merged:
             return self.base(x)
         w, bias = self.base.weight, self.base.bias
+        if can_fuse(x, w, self.dropout, self.training):
+            # g * (W + s B A) x + b as one GEMM, the norm taken from the W + s B A it builds anyway
+            # (see lora.low_rank_linear); the cached norm serves the other paths and merge.
+            m = self.magnitude
+            return low_rank_linear(x, w, bias, self.lora_A, self.lora_B, self.scaling, m, self.fused_training)
         g = self.magnitude / self.row_norm()
         if self.training and isinstance(self.dropout, nn.Dropout):
             # As peft and the paper's code: the magnitude rescales W dropout(x), not W x, so W runs twice here.
@@ -106,9 +112,6 @@ class DoraLinear(LoraLinear):
             g = g.to(wxd.dtype)
             lora = F.linear(F.linear(xd, self.lora_A), self.lora_B)
             return self.base(x) + (g - 1.0) * wxd + (g * self.scaling) * lora
-        if can_fuse(x, w, self.dropout, self.training):
-            # g * (W + s B A) x + b as one GEMM (see lora.low_rank_linear).
-            return low_rank_linear(x, w, bias, self.lora_A, self.lora_B, self.scaling, g, self.fused_training)
         x2 = x.reshape(-1, x.shape[-1])
         # W x + s B (A x), the low-rank product accumulated straight into the base output.
         h = torch.addmm(F.linear(x2, w), F.linear(x2, self.lora_A), self.lora_B.t(), alpha=self.scaling)

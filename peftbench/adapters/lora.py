@@ -42,7 +42,8 @@ def lora_scaling(alpha: float, r: int, rslora: bool) -> float:
 
 
 class _LowRankLinear(torch.autograd.Function):
-    """y = g * (x (W + s B A)^T) + b for a frozen W, with g an optional per-row scale (DoRA's m / ||.||).
+    """y = g * (x W'^T) + b, W' = W + s B A, for a frozen W; with a magnitude m (DoRA) g = m / ||W'|| per row,
+    the norm taken from the W' built here and detached (DoRA section 4.3), else g = 1.
 
     Why: the unfused form x W^T + s (x A^T) B^T pays, per token, two thin GEMMs and two full-width elementwise
     passes forward, and in backward a second input-gradient path plus the sum of the two. On CPU the thin GEMMs
@@ -58,57 +59,68 @@ class _LowRankLinear(torch.autograd.Function):
     MKL several times slower on these shapes. Rounding differs from the unfused form only in the last bits."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_A, lora_B, scaling, row_scale, concat):  # noqa: ANN001 - autograd
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scaling, magnitude, concat):  # noqa: ANN001 - autograd
         x2 = x.reshape(-1, x.shape[-1])
         d_out, r = weight.shape[0], lora_A.shape[0]
         need_a, need_b = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-        w_eff = torch.addmm(weight, lora_B, lora_A, alpha=scaling)
-        add_bias = bias if row_scale is None else None
+        add_bias = bias if magnitude is None else None
         if concat and need_b:
+            # [W'; A; 0], W' written in place: no weight-sized copy beyond the one addmm makes.
             pad = _pad(d_out + r)
-            w_cat = torch.cat([w_eff, lora_A, lora_A.new_zeros(pad, lora_A.shape[1])])
+            w_cat = weight.new_empty(d_out + r + pad, weight.shape[1])
+            w_eff = torch.addmm(weight, lora_B, lora_A, alpha=scaling, out=w_cat[:d_out])
+            w_cat[d_out : d_out + r] = lora_A
+            w_cat[d_out + r :] = 0.0
             b_cat = None if add_bias is None else torch.cat([add_bias, add_bias.new_zeros(r + pad)])
             y = F.linear(x2, w_cat, b_cat)
             dense = y[:, :d_out]
             # LoRA: copy the r columns out, so the saved tensor does not keep the whole product alive.
             xa_t = y[:, d_out : d_out + r].t()
-            xa_t = xa_t if row_scale is not None else xa_t.contiguous()
+            xa_t = xa_t if magnitude is not None else xa_t.contiguous()
         else:
+            w_eff = torch.addmm(weight, lora_B, lora_A, alpha=scaling)
             dense = F.linear(x2, w_eff, add_bias)
             # (x A^T)^T is all B's gradient needs from the input; A's needs the input itself.
             xa_t = torch.mm(lora_A, x2.t()) if need_b else None
-        if row_scale is None:
-            h, out = None, dense
-        else:
+        h = norm = g = None
+        out = dense
+        if magnitude is not None:
+            norm = torch.linalg.vector_norm(w_eff, dim=1)
+            g = magnitude / norm
             h = dense
-            out = h * row_scale if bias is None else torch.addcmul(bias, h, row_scale)
+            out = h * g if bias is None else torch.addcmul(bias, h, g)
         ctx.scaling = scaling
         ctx.x_shape = x.shape
         # W' is rebuilt in backward (r x d_in x d_out, cheap) rather than kept for every layer until then.
-        ctx.save_for_backward(x2 if need_a else None, xa_t, weight, lora_A, lora_B, row_scale, h)
+        ctx.save_for_backward(x2 if need_a else None, xa_t, weight, lora_A, lora_B, g, norm, h)
         return out.view(*x.shape[:-1], d_out)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # noqa: ANN001 - autograd signature
-        x2, xa_t, weight, lora_A, lora_B, g, h = ctx.saved_tensors
+        x2, xa_t, weight, lora_A, lora_B, g, norm, h = ctx.saved_tensors
         go = grad_out.reshape(-1, grad_out.shape[-1])
-        need_x, need_bias, need_a, need_b, need_g = (ctx.needs_input_grad[i] for i in (0, 2, 3, 4, 6))
-        grad_x = grad_bias = grad_A = grad_B = grad_g = u_t = None
-        if g is not None and need_g:
-            grad_g = _column_dot(go, h)
+        need_x, need_bias, need_a, need_b, need_m = (ctx.needs_input_grad[i] for i in (0, 2, 3, 4, 6))
+        grad_x = grad_bias = grad_A = grad_B = grad_m = u_t = None
+        if g is not None and need_m:
+            grad_m = _column_dot(go, h) / norm
         # The row scale multiplies every output row, so it folds into the d_out-sized factors (never into go).
         col = torch.full_like(lora_B[:, 0], ctx.scaling) if g is None else g * ctx.scaling
         b_eff = lora_B * col.unsqueeze(1)
         if need_x:
-            w_back = torch.addmm(weight, lora_B, lora_A, alpha=ctx.scaling)
-            w_back = w_back if g is None else w_back.mul_(g.unsqueeze(1))
+            d_in, r = weight.shape[1], lora_B.shape[1]
+            # [g W' | g s B | 0] with W' rebuilt in place, so dy is read once for dx and for dy B.
+            width = d_in + (r + _pad(d_in + r) if need_a else 0)
+            w_back = weight.new_empty(weight.shape[0], width)
+            torch.addmm(weight, lora_B, lora_A, alpha=ctx.scaling, out=w_back[:, :d_in])
+            if g is not None:
+                w_back[:, :d_in].mul_(g.unsqueeze(1))
             if need_a:
-                d_in, r = w_back.shape[1], b_eff.shape[1]
-                z = torch.mm(go, torch.cat([w_back, b_eff, b_eff.new_zeros(b_eff.shape[0], _pad(d_in + r))], 1))
-                grad_x, u_t = z[:, :d_in], z[:, d_in : d_in + r].t()
-            else:
-                grad_x = torch.mm(go, w_back)
-            grad_x = grad_x.view(ctx.x_shape)
+                w_back[:, d_in : d_in + r] = b_eff
+                w_back[:, d_in + r :] = 0.0
+            z = torch.mm(go, w_back)
+            grad_x = z[:, :d_in].view(ctx.x_shape)
+            u_t = z[:, d_in : d_in + r].t() if need_a else None
         if need_bias:
             grad_bias = go.sum(0)
         # B's gradient first: it reads dy, which the GEMM above has just read.
@@ -118,7 +130,7 @@ class _LowRankLinear(torch.autograd.Function):
             if u_t is None:
                 u_t = torch.mm(b_eff.t().contiguous(), go.t())
             grad_A = torch.mm(u_t, x2)
-        return grad_x, None, grad_bias, grad_A, grad_B, None, grad_g, None
+        return grad_x, None, grad_bias, grad_A, grad_B, None, grad_m, None
 
 
 def _pad(width: int) -> int:
@@ -157,17 +169,18 @@ def low_rank_linear(
     lora_A: torch.Tensor,
     lora_B: torch.Tensor,
     scaling: float,
-    row_scale: torch.Tensor | None = None,
+    magnitude: torch.Tensor | None = None,
     training: bool = False,
 ) -> torch.Tensor:
-    """g * (x (W + s B A)^T) + b in one GEMM (g = 1 when `row_scale` is None); W must be frozen. `training`
-    lets the forward share its GEMM with x A^T (see _LowRankLinear); in eval mode the forward is the frozen
-    layer's own GEMM against W + s B A, so with B = 0 the output is the frozen layer's, bit for bit."""
+    """g * (x (W + s B A)^T) + b in one GEMM, g = magnitude / ||W + s B A|| per row (DoRA) or 1; W must be
+    frozen. `training` lets the forward share its GEMM with x A^T (see _LowRankLinear); in eval mode the
+    forward is the frozen layer's own GEMM against W + s B A, so with B = 0 the output is the frozen layer's,
+    bit for bit (LoRA)."""
     if torch.is_grad_enabled():
-        return _LowRankLinear.apply(x, weight, bias, lora_A, lora_B, scaling, row_scale, training)
+        return _LowRankLinear.apply(x, weight, bias, lora_A, lora_B, scaling, magnitude, training)
     w_eff = torch.addmm(weight, lora_B, lora_A, alpha=scaling)
-    if row_scale is not None:
-        w_eff = w_eff * row_scale.unsqueeze(1)
+    if magnitude is not None:
+        w_eff *= (magnitude / torch.linalg.vector_norm(w_eff, dim=1)).unsqueeze(1)
     return F.linear(x, w_eff, bias)
 
 

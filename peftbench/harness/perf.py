@@ -1,6 +1,7 @@
 """`peftbench perf`: speed and memory of every method side by side, measured in one process, written to
-results/perf/<device>.md. The steps benchmark lives in perf_steps.py, whole runs in perf_e2e.py, the report in
-perf_report.py; this module holds the command and imports nothing heavy until it runs."""
+results/perf/<device>.md. The steps benchmark lives in perf_steps.py (its memory and profile tools in
+perf_profile.py), whole runs in perf_e2e.py, the report in perf_report.py; this module holds the command and
+imports nothing heavy until it runs."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ SHAPES = ("fixed", "sst2", "mnli")
 SECTIONS = ("steps", "padding", "harness", "trainer")
 MODEL_CONFIGS = ("bert-base",)
 # Per device: (warm-up steps, timed rounds) on the first shape, whose first two warm-up steps are the memory
-# measurement. Later shapes reuse warm models: one warm-up step on CPU. Sized so that `make perf` on two shared
-# CPU cores stays within about ten minutes; ratios come from per-round CPU time, which background load barely
-# moves, so a few rounds suffice.
-DEFAULT_STEPS = {"cpu": (2, 3), "cuda": (3, 20)}
+# measurement. Later shapes reuse warm models: one warm-up step on CPU (and three timed rounds). Sized so that
+# `make perf` on two shared CPU cores stays within about ten minutes; ratios come from per-round CPU time,
+# which background load moves far less than wall time, so a few rounds suffice.
+DEFAULT_STEPS = {"cpu": (2, 4), "cuda": (3, 20)}
 
 
 def _csv(value: str) -> list[str]:
@@ -35,16 +36,34 @@ def add_subcommand(sub) -> None:
         choices=MODEL_CONFIGS,
         help="build a randomly initialised model of this size from a BertConfig (no download; overrides --model)",
     )
-    p.add_argument("--methods", type=_csv, default=["full", "lora", "dora", "adalora"])
+    p.add_argument("--methods", type=_csv, default=["full", "lora", "dora", "adalora"], help="any of these four")
     p.add_argument("--shapes", type=_csv, default=list(SHAPES), help="fixed (32x128), sst2, mnli")
     p.add_argument("--sections", type=_csv, default=list(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per method and shape (>= 2 on a shape)")
-    p.add_argument("--steps", type=int, default=None, help="timed rounds per shape (every method once per round)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up steps per method on the first shape, the first two measuring memory (CPU 2, GPU 3); "
+        "later shapes take 1 on CPU",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed rounds per shape, every method once per round (CPU: 4 on the first shape, 3 on the others; "
+        "GPU: 20)",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step in the step benchmark")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length of the fixed shape")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default 1; 0: torch's default)")
-    p.add_argument("--epoch-rows", type=int, default=256, help="SST-2 rows in the grouped vs padded epoch")
+    p.add_argument("--epoch-rows", type=int, default=192, help="SST-2 rows in the grouped vs padded epoch")
     p.add_argument("--e2e-rows", type=int, default=1000, help="SST-2 training rows of the harness/Trainer runs")
+    p.add_argument(
+        "--e2e-batch-size",
+        type=int,
+        default=16,
+        help="batch of the harness/bare/Trainer runs (16: 1,000 rows give 63 updates, enough to learn SST-2)",
+    )
     p.add_argument("--eval-rows", type=int, default=872, help="SST-2 validation rows scored (872: all)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak bf16 TFLOP/s for MFU")
     p.add_argument("--no-peft", action="store_true", help="leave out peft's rows and the Trainer run")
@@ -53,7 +72,7 @@ def add_subcommand(sub) -> None:
 
 
 def _check(args) -> None:
-    for name in ("batch_size", "seq_len", "epoch_rows", "e2e_rows", "eval_rows"):
+    for name in ("batch_size", "seq_len", "epoch_rows", "e2e_rows", "e2e_batch_size", "eval_rows"):
         if getattr(args, name) < 1:
             raise UsageError(f"perf --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     bad = [s for s in args.shapes if s not in SHAPES]
@@ -72,6 +91,8 @@ def _check(args) -> None:
         raise UsageError(f"perf --warmup must be >= 1, got {args.warmup}")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"perf --steps must be >= 1, got {args.steps}")
+    if args.threads is not None and args.threads < 0:
+        raise UsageError(f"perf --threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         raise UsageError(f"perf --peak-tflops must be > 0, got {args.peak_tflops}")
 
@@ -115,6 +136,7 @@ def command_line(args) -> str:
     parts += ["--sections", ",".join(args.sections), "--warmup", str(args.warmup), "--steps", str(args.steps)]
     parts += ["--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--threads", str(args.threads)]
     parts += ["--epoch-rows", str(args.epoch_rows), "--e2e-rows", str(args.e2e_rows)]
+    parts += ["--e2e-batch-size", str(args.e2e_batch_size)]
     parts += ["--eval-rows", str(args.eval_rows)]
     if args.peak_tflops:
         parts += ["--peak-tflops", str(args.peak_tflops)]
@@ -138,6 +160,7 @@ def cmd_perf(args) -> int:
 
     device = _device(args.device)
     warmup, steps = DEFAULT_STEPS[device.type]
+    args.steps_given = args.steps is not None
     args.warmup = args.warmup if args.warmup is not None else warmup
     args.steps = args.steps if args.steps is not None else steps
     if device.type == "cpu":
@@ -170,8 +193,8 @@ def cmd_perf(args) -> int:
             from peftbench.harness.perf_e2e import run_e2e
 
             data["e2e"] = run_e2e(
-                model_name, model_ref, device, autocast, args.epoch_rows, args.e2e_rows, args.eval_rows,
-                e2e_sections, with_peft,
+                model_name, model_ref, device, autocast, args.epoch_rows, args.e2e_rows, args.e2e_batch_size,
+                args.eval_rows, e2e_sections, with_peft,
             )  # fmt: skip
     data["command"] = command_line(args)
     data["started"] = started.isoformat(timespec="seconds")
@@ -192,6 +215,7 @@ def _run_steps(args, model_ref, device, autocast, with_peft):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from peftbench.harness import perf_steps as ps
+    from peftbench.harness.perf_profile import profile_diff
     from peftbench.harness.perf_report import missed_step_methods
 
     # One 3-way head for every shape (SST-2 labels fit it); the head's size does not matter to the timings.
@@ -207,12 +231,13 @@ def _run_steps(args, model_ref, device, autocast, with_peft):
     results, profiles = {}, {}
     for k, shape in enumerate(args.shapes):
         warm = args.warmup if k == 0 or device.type == "cuda" else 1
-        n = warm + args.steps
+        rounds = args.steps if k == 0 or device.type == "cuda" or args.steps_given else min(args.steps, 3)
+        n = warm + rounds
         if shape == "fixed":
             batches = ps.fixed_batches(n, args.batch_size, args.seq_len, base.config.vocab_size, 3, device, seed=k)
         else:
             batches = ps.glue_batches(shape, tokenizer, n, args.batch_size, 128, device, seed=k)
-        log.info("perf: %s batches, %d methods x (%d warm-up + %d timed) steps", shape, len(runs), warm, args.steps)
+        log.info("perf: %s batches, %d methods x (%d warm-up + %d timed) steps", shape, len(runs), warm, rounds)
         ps.run_shape(runs, batches, warm, device, memory=k == 0)
         timer = "cpu" if device.type == "cpu" and args.threads == 1 else "wall"
         results[shape] = ps.summarize(runs, batches, timer, peak, base)
@@ -221,7 +246,7 @@ def _run_steps(args, model_ref, device, autocast, with_peft):
             floor = runs[0]
             for name in missed_step_methods(results[shape], device.type):
                 run = next(r for r in runs if r.name == name)
-                profiles[name] = ps.profile_diff(run, floor, batches[-1])
+                profiles[name] = profile_diff(run, floor, batches[-1])
     del runs
     if device.type == "cuda":
         torch.cuda.empty_cache()

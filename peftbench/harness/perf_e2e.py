@@ -11,7 +11,7 @@ import random
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,14 @@ TASK = "sst2"
 class E2EConfig:
     """The shared recipe: LoRA r=8 (alpha 16) on peftbench's default targets, one epoch, batch 32."""
 
-    rows: int
-    eval_rows: int
-    seed: int = 0
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    max_length: int = 128
-    warmup_ratio: float = 0.06
-    max_grad_norm: float = 1.0
+    rows: int = field(metadata={"help": "SST-2 training rows (the harness's fixed subset of the sample)"})
+    eval_rows: int = field(metadata={"help": "validation rows scored (872: all)"})
+    seed: int = field(default=0, metadata={"help": "seed of the model head, dropout and batch order"})
+    batch_size: int = field(default=32, metadata={"help": "examples per optimizer step"})
+    eval_batch_size: int = field(default=64, metadata={"help": "examples per evaluation batch"})
+    max_length: int = field(default=128, metadata={"help": "tokens per example at most"})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "linear warm-up, as a fraction of the steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
 
     @property
     def lr(self) -> float:
@@ -270,6 +270,7 @@ def run_e2e(
     autocast,
     epoch_rows: int,
     e2e_rows: int,
+    e2e_batch_size: int,
     eval_rows: int,
     sections: set[str],
     with_peft: bool,
@@ -284,7 +285,7 @@ def run_e2e(
             grouped = harness_run(model_name, pcfg, tmp, group_by_length=True)
             padded = harness_run(model_name, pcfg, tmp, group_by_length=False)
             out["padding"] = {"rows": epoch_rows, "grouped": grouped, "padded": padded}
-        cfg = E2EConfig(rows=e2e_rows, eval_rows=eval_rows)
+        cfg = E2EConfig(rows=e2e_rows, eval_rows=eval_rows, batch_size=e2e_batch_size)
         if "harness" in sections or "trainer" in sections:
             log.info("perf: SST-2 run of %d rows through the sweep path", e2e_rows)
             out["harness"] = harness_run(model_name, cfg, tmp)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import re
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from torch import nn
 from peftbench import registry
 from peftbench.adapters.base import ApplyPlan, find_targets
 from peftbench.config import DEFAULT_TARGETS
+from peftbench.harness.perf_profile import PeakAllocated
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +32,7 @@ log = logging.getLogger(__name__)
 # (importance update every step, a re-allocation every delta_t = 10 steps), as in the middle of a real run.
 ADALORA_TOTAL_STEPS = 1000
 ADALORA_FIRST_STEP = 101  # just past t_init = 0.1 x 1000
-NATIVE = ("full", "lora", "dora", "adalora")
 PEFT_FAMILIES = ("lora", "dora", "adalora")
-LABEL = {"floor": "floor (frozen, input grads)"}
 
 
 @dataclass
@@ -122,12 +119,13 @@ def build_methods(
     plan = ApplyPlan(total_steps=ADALORA_TOTAL_STEPS, targets=DEFAULT_TARGETS)
     for fam in families:
         cls = registry.adapters.get(fam)
-        adapter = cls(cls.config_cls())
+        config = cls.config_cls()
+        adapter = cls(config)
         model = adapter.apply(copy.deepcopy(base), plan).to(device).train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cls.default_lr)
         offset = ADALORA_FIRST_STEP if fam == "adalora" else 0
         step = _train_step(model, opt, autocast, adapter.extra_loss, adapter.on_step_end, offset)
-        rank = {"lora": 8, "dora": 8, "adalora": 12}.get(fam, 0)
+        rank = getattr(config, "init_r", getattr(config, "r", 0))  # AdaLoRA computes at its initial rank
         runs.append(
             MethodRun(fam, fam, "native", model, step, storage_bytes(model), _adapter_flops(base, plan.targets, rank))
         )
@@ -167,78 +165,6 @@ def _peft_methods(base: nn.Module, families: list[str], device: torch.device, au
             )
         )  # fmt: skip
     return runs
-
-
-# --- memory ---------------------------------------------------------------------------------------------------
-
-
-class PeakAllocated:
-    """Peak bytes torch allocated above the level at entry. CUDA: the caching allocator's max_memory_allocated.
-    CPU: torch's own allocation records (the profiler's memory events, alloc and free, in time order), so the
-    count is of tensors (weights, gradients, optimizer state, saved activations, temporaries), not of RSS,
-    which on a shared process would mix every method's pages and the allocator's caching."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak: int | None = None
-        self._prof = None
-        self._start = 0
-
-    def __enter__(self) -> PeakAllocated:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-        else:
-            from torch.profiler import ProfilerActivity, profile
-
-            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-            with quiet_stderr():
-                self._prof.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self._start
-            return
-        with quiet_stderr():
-            self._prof.__exit__(*exc)
-        try:
-            self.peak = _profiled_peak(self._prof)
-        except Exception as e:  # noqa: BLE001 - a private profiler API: no number rather than a crash
-            log.warning("cannot read CPU allocation records (%s); peak memory not measured", e)
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Kineto writes a line to the process's stderr at every profiler start and stop; silence just those."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _profiled_peak(prof) -> int:
-    from torch._C._profiler import _EventType
-
-    events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        e = stack.pop()
-        if e.tag == _EventType.Allocation and str(e.typed[1].device).startswith("cpu"):
-            events.append((e.start_time_ns, e.typed[1].alloc_size))
-        stack.extend(e.children)
-    running = peak = 0
-    for _, size in sorted(events):
-        running += size
-        peak = max(peak, running)
-    return peak
 
 
 # --- timing ---------------------------------------------------------------------------------------------------
@@ -348,9 +274,14 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def round_ratios(a: list[float], b: list[float]) -> list[float]:
+    """a / b per round, each round's pair taken under the same background load."""
+    return [x / y for x, y in zip(a, b, strict=False) if y > 0]
+
+
 def round_ratio(a: list[float], b: list[float]) -> float:
-    """Median over rounds of a / b, each round's pair taken under the same background load."""
-    pairs = [x / y for x, y in zip(a, b, strict=False) if y > 0]
+    """Median over rounds of a / b."""
+    pairs = round_ratios(a, b)
     return statistics.median(pairs) if pairs else float("nan")
 
 
@@ -373,6 +304,9 @@ def summarize(runs: list[MethodRun], batches, timer: str, peak_flops: float | No
             "wall_ms": 1000 * median(run.wall),
             "cpu_ms": 1000 * median(run.cpu),
             "x_floor": round_ratio(series, floor.cpu if timer == "cpu" else floor.wall),
+            "x_floor_rounds": round_ratios(series, floor.cpu if timer == "cpu" else floor.wall),
+            "wall_s": list(run.wall),
+            "cpu_s": list(run.cpu),
             "x_peft": None,
             "x_full": None,
             "tokens_per_s": median([t / w for t, w in zip(real_tokens, run.wall, strict=False)]),
@@ -381,6 +315,7 @@ def summarize(runs: list[MethodRun], batches, timer: str, peak_flops: float | No
         }
         if run.impl == "native" and peft_twin is not None:
             row["x_peft"] = round_ratio(series, peft_twin.cpu if timer == "cpu" else peft_twin.wall)
+            row["x_peft_rounds"] = round_ratios(series, peft_twin.cpu if timer == "cpu" else peft_twin.wall)
         if full is not None and run.family != "full":
             row["x_full"] = round_ratio(series, full.cpu if timer == "cpu" else full.wall)
         if peak_flops:
@@ -393,46 +328,3 @@ def summarize(runs: list[MethodRun], batches, timer: str, peak_flops: float | No
         "mean_real_tokens": float(np.mean(real_tokens)) if real_tokens else 0.0,
         "mean_padded_tokens": float(np.mean(padded)) if padded else 0.0,
     }
-
-
-def profile_diff(run: MethodRun, floor: MethodRun, batch: dict[str, torch.Tensor], top: int = 8) -> list[dict]:
-    """One profiled step of `run` and of the floor: the ops where `run` spends the most extra self time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    totals = []
-    for r in (run, floor):
-        prof = profile(activities=[ProfilerActivity.CPU, *_cuda_activity(batch)])
-        with quiet_stderr():
-            prof.__enter__()
-        try:
-            r.step_fn(batch, r.steps_taken)
-            _sync(batch["input_ids"].device)
-        finally:
-            with quiet_stderr():
-                prof.__exit__(None, None, None)
-        r.steps_taken += 1
-        cuda = batch["input_ids"].device.type == "cuda"
-        totals.append(
-            {
-                e.key: ((e.self_device_time_total if cuda else e.self_cpu_time_total) / 1000, e.count)
-                for e in prof.key_averages()
-            }
-        )
-    mine, base = totals
-    keys = sorted(set(mine) | set(base), key=lambda k: -(mine.get(k, (0, 0))[0] - base.get(k, (0, 0))[0]))
-    return [
-        {
-            "op": k,
-            "ms": mine.get(k, (0.0, 0))[0],
-            "floor_ms": base.get(k, (0.0, 0))[0],
-            "calls": mine.get(k, (0, 0))[1],
-            "floor_calls": base.get(k, (0, 0))[1],
-        }
-        for k in keys[:top]
-    ]
-
-
-def _cuda_activity(batch: dict[str, torch.Tensor]) -> list:
-    from torch.profiler import ProfilerActivity
-
-    return [ProfilerActivity.CUDA] if batch["input_ids"].device.type == "cuda" else []
