@@ -1,9 +1,10 @@
 """`peftbench regress`: the CI accuracy gate. A fixed suite runs through the sweep machinery and each
 (task, method) row is compared with the committed baseline `results/baselines/regress.json`.
 
-The suite: the embedded MiniLM (`minilm-l6`) on the bundled sample data, SST-2 (single sentence) and MRPC
-(sentence pair), every built-in method (entry points whose module is under `peftbench.`, so a new built-in
-joins by being registered), seeds 0 and 1, the short "regress" training profile. Records are reused when
+The suite: the embedded MiniLM (`minilm-l6`) on the bundled sample data, SST-2 (single sentence) and QNLI
+(sentence pair; MRPC and RTE stay at the majority class in any run short enough for CI), every built-in
+method (entry points whose module is under `peftbench.`, so a new built-in joins by being registered), seeds
+0 and 1, the short "regress" training profile, each run on one thread (`one_thread`), one run per core. Records are reused when
 their config hash matches, so a second `make regress` trains nothing; `--fresh` reruns every run (the hash
 covers the config, not the code, so use it locally after a code change; CI starts from a clean clone).
 
@@ -33,8 +34,10 @@ import argparse
 import json
 import logging
 import math
+import os
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -60,7 +63,7 @@ RULE_TEXT = (
 @dataclass(frozen=True)
 class Suite:
     model: str = field(default="minilm-l6", metadata={"help": "model alias, directory or hub id"})
-    tasks: tuple[str, ...] = field(default=("sst2", "mrpc"), metadata={"help": "GLUE tasks of the suite"})
+    tasks: tuple[str, ...] = field(default=("sst2", "qnli"), metadata={"help": "GLUE tasks of the suite"})
     methods: tuple[str, ...] = field(default=(), metadata={"help": "methods (empty: every built-in method)"})
     seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "seeds per (task, method)"})
     profile: str = field(default="regress", metadata={"help": "training profile of config.PROFILES"})
@@ -117,8 +120,40 @@ class SuiteRun:
     reused: int
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Every suite run computes on one thread: the thread count changes the GEMMs' summation order, so a
+    baseline made on a 2-core laptop and a check on a 16-core runner would otherwise differ in the last bits
+    and "a pure refactor gives a delta of exactly 0" would hold only on matching machines. Cores are used by
+    running several suite runs at once instead (--jobs)."""
+    import torch
+
+    saved_env, saved_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = "1"  # read by each run process at start-up
+    torch.set_num_threads(1)  # the inline executor's runs
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        if saved_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved_env
+
+
+def default_jobs() -> int:
+    from peftbench.harness.executors import cpu_count
+
+    return max(1, cpu_count())
+
+
 def run_suite(
-    suite: Suite, results: Path, fresh: bool = False, executor: str = "inline", progress: bool = False
+    suite: Suite,
+    results: Path,
+    fresh: bool = False,
+    executor: str = "local",
+    progress: bool = False,
+    jobs: int = 1,
 ) -> SuiteRun:
     """Expand, plan and run the suite with the sweep machinery; read back exactly the planned records."""
     import dataclasses
@@ -138,7 +173,10 @@ def run_suite(
     planned = plan(requests, results)
     if fresh:
         planned = [dataclasses.replace(p, done=False) for p in planned]
-    outcome = run_sweep(planned, results, jobs=1, executor=executor, progress=progress)
+    # Inline runs share one process's RNG state, so they go one at a time.
+    jobs = 1 if executor == "inline" else max(1, jobs)
+    with one_thread():
+        outcome = run_sweep(planned, results, jobs=jobs, executor=executor, progress=progress)
     # The sweep's own account wins: a run that failed now may have left an older ok record behind (--fresh).
     failed = {p.label: f[len(p.label) + 2 :] for p in planned for f in outcome.failed if f.startswith(p.label + ": ")}
     rows: dict[tuple[str, str], RowResult] = {}
@@ -283,7 +321,8 @@ def make_baseline(suite: Suite, run: SuiteRun, reason: str, command: str, previo
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     history = list((previous or {}).get("history", []))
     history.append({"created": created, "reason": reason, "command": command})
-    env = environment(torch.device("cpu"))
+    with one_thread():
+        env = environment(torch.device("cpu"))
     return {
         "schema": BASELINE_SCHEMA,
         "created": created,
@@ -326,9 +365,10 @@ def regress(
     update: bool = False,
     reason: str | None = None,
     fresh: bool = False,
-    executor: str = "inline",
+    executor: str = "local",
     progress: bool = False,
     command: str | None = None,
+    jobs: int = 1,
 ) -> RegressReport:
     """Run the suite and judge it against the baseline; with `update`, write the baseline instead of failing."""
     suite = suite or Suite()
@@ -344,7 +384,7 @@ def regress(
         except UsageError as e:
             log.info("%s; this update writes a new one", e)
             previous = None
-    run = run_suite(suite, results, fresh=fresh, executor=executor, progress=progress)
+    run = run_suite(suite, results, fresh=fresh, executor=executor, progress=progress, jobs=jobs)
     base = baseline_rows(previous) if previous else {}
     verdicts = [judge(run.rows[key], base.get(key)) for key in sorted(run.rows)]
     lines = [render(verdicts), "", RULE_TEXT + "."]
@@ -424,7 +464,7 @@ def add_subcommand(sub) -> None:
     p.add_argument("--reason", default=None, help="why the baseline changes; recorded in it")
     p.add_argument("--fresh", action="store_true", help="rerun every run even when its record exists")
     p.add_argument("--model", default=d.model, help="suite model (alias, directory or hub id)")
-    p.add_argument("--tasks", type=_names, default=d.tasks, help="suite tasks, e.g. sst2,mrpc")
+    p.add_argument("--tasks", type=_names, default=d.tasks, help="suite tasks, e.g. sst2,qnli")
     p.add_argument("--methods", type=_names, default=d.methods, help="suite methods (default: every built-in)")
     p.add_argument("--seeds", type=_int_list, default=d.seeds, help="suite seeds, e.g. 0,1")
     p.add_argument("--profile", default=d.profile, help="training profile")
@@ -437,7 +477,18 @@ def add_subcommand(sub) -> None:
         metavar="KEY=VALUE",
         help="override a train or method setting for every run, e.g. --set lr=1e-5",
     )
-    p.add_argument("--executor", default="inline", choices=["inline", "local"], help="inline: in this process")
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "inline"],
+        help="local: a process per run (default); inline: one at a time in this process",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=default_jobs(),
+        help="suite runs at once, one thread each (default: one per core)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_regress)
 
@@ -465,6 +516,7 @@ def cmd_regress(args) -> int:
         fresh=args.fresh,
         executor=args.executor,
         progress=not args.quiet and sys.stderr.isatty(),
+        jobs=args.jobs,
     )
     print(report.text)
     return report.exit_code
