@@ -2,11 +2,11 @@
 (task, method) row is compared with the committed baseline `results/baselines/regress.json`.
 
 The suite: the embedded MiniLM (`minilm-l6`) on the bundled sample data, SST-2 (single sentence) and QNLI
-(sentence pair; MRPC and RTE stay at the majority class in any run short enough for CI), every built-in
-method (entry points whose module is under `peftbench.`, so a new built-in joins by being registered), seeds
-0 and 1, the short "regress" training profile, each run on one thread (`one_thread`), one run per core. Records are reused when
-their config hash matches, so a second `make regress` trains nothing; `--fresh` reruns every run (the hash
-covers the config, not the code, so use it locally after a code change; CI starts from a clean clone).
+(sentence pair; MRPC and RTE stay at the majority class in any run short enough for CI), every built-in method
+(entry points whose module is under `peftbench.`, so a new built-in joins by being registered), seeds 0 and 1,
+the short "regress" training profile, each run on one thread (`one_thread`), one run per core. Records are
+reused when their config hash matches, so a second `make regress` trains nothing; `--fresh` reruns every run
+(the hash covers the config, not the code, so use it locally after a code change; CI starts from a clean clone).
 
 Determinism: on CPU the same config and seed give bit-identical metrics, so a pure refactor shows a delta of
 exactly 0 on every row ("pass, identical").
