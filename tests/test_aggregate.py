@@ -15,11 +15,24 @@ from peftbench.records import SCHEMA_VERSION, record_path, write_record
 def make_record(results, task, method, seed, primary, budget=None, status="ok", adapter=1000, extra=None):
     h = f"{task}{method}{budget}{seed}".replace(".", "")
     rec = {
-        "schema_version": SCHEMA_VERSION, "run_id": h, "status": status, "error": None if status == "ok" else "boom",
-        "config": {"task": task, "method": method, "seed": seed, "config_hash": h, "profile": "quick",
-                   "model": {"id": "m"}, "budget": {"spec": budget, "requested": 300000 if budget else None}},
-        "metrics": {"primary_name": "accuracy", "primary": primary if status == "ok" else None,
-                    "all": {"accuracy": primary, **(extra or {})} if status == "ok" else {}},
+        "schema_version": SCHEMA_VERSION,
+        "run_id": h,
+        "status": status,
+        "error": None if status == "ok" else "boom",
+        "config": {
+            "task": task,
+            "method": method,
+            "seed": seed,
+            "config_hash": h,
+            "profile": "quick",
+            "model": {"id": "m"},
+            "budget": {"spec": budget, "requested": 300000 if budget else None},
+        },
+        "metrics": {
+            "primary_name": "accuracy",
+            "primary": primary if status == "ok" else None,
+            "all": {"accuracy": primary, **(extra or {})} if status == "ok" else {},
+        },
         "params": {"adapter": adapter, "trainable": adapter + 770, "head": 770, "total": 10**6},
         "perf": {"train_samples_per_second": 100.0, "peak_memory_bytes": 2**30, "step_time_ms_median": 5.0},
     }
@@ -63,8 +76,12 @@ def test_full_appears_in_every_budget_table_and_best_is_marked(tmp_path):
 def test_formats(tmp_path, capsys):
     make_record(tmp_path, "sst2", "lora", 0, 0.85)
     make_record(tmp_path, "rte", "lora", 0, 0.60)
-    for fmt, needle in [("md", "| method"), ("csv", "task,method,budget"), ("latex", "\\begin{tabular}"),
-                        ("html", "<table>")]:
+    for fmt, needle in [
+        ("md", "| method"),
+        ("csv", "task,method,budget"),
+        ("latex", "\\begin{tabular}"),
+        ("html", "<table>"),
+    ]:
         assert main(["leaderboard", "--results", str(tmp_path), "--format", fmt]) == 0
         assert needle in capsys.readouterr().out
     out = tmp_path / "lb.md"

@@ -39,8 +39,9 @@ def _pair(r=4, alpha=8.0, rslora=False):
     base = _base_model()
     ours = LoraAdapter(LoraConfig(r=r, alpha=alpha, rslora=rslora))
     mine = ours.apply(copy.deepcopy(base), ApplyPlan(total_steps=10, targets=DEFAULT_TARGETS))
-    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=PEFT_TARGETS,
-                          task_type="SEQ_CLS", use_rslora=rslora)
+    cfg = peft.LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=PEFT_TARGETS, task_type="SEQ_CLS", use_rslora=rslora
+    )
     theirs = peft.get_peft_model(copy.deepcopy(base), cfg)
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():

@@ -67,10 +67,10 @@ class TaskSpec:
     # Per-profile train settings that differ for this task (e.g. SQuAD's quick profile trains on fewer rows,
     # as each row costs several 384-token windows). Applied over the profile, under --set.
     profile_overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    description: str = ""
 
     def profile_settings(self, profile: str) -> dict[str, Any]:
         return dict(dict(self.profile_overrides).get(profile, ()))
-    description: str = ""
 
     # --- data checks -------------------------------------------------------------------------------------
     def required_fields(self) -> tuple[str, ...]:
