@@ -184,7 +184,30 @@ def low_rank_linear(
     return F.linear(x, w_eff, bias)
 
 
-class LoraLinear(nn.Module):
+class AdditiveDelta(nn.Module):
+    """A wrapped frozen Linear (`base`) whose update W' - W is `delta_weight()`: merging adds it into W, so the
+    merged layer is the plain Linear (no adapter cost at inference); unmerging subtracts it again."""
+
+    base: nn.Linear
+    merged: bool
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+
+class LoraLinear(AdditiveDelta):
     """An nn.Linear plus a low-rank update. Merging is explicit (`merge`/`unmerge`), never tied to .eval()."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False) -> None:
@@ -233,18 +256,6 @@ class LoraLinear(nn.Module):
         xa = F.linear(self.dropout(x), self.lora_A).reshape(-1, self.r)
         out2 = torch.addmm(out.reshape(-1, out.shape[-1]), xa, self.lora_B.t(), alpha=self.scaling)
         return out2.view(out.shape)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
-            self.merged = False
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}"

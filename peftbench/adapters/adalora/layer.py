@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftbench.adapters.lora import can_fuse, low_rank_linear
+from peftbench.adapters.lora import AdditiveDelta, can_fuse, low_rank_linear
 from peftbench.errors import UsageError
 
 
-class AdaLoraLinear(nn.Module):
+class AdaLoraLinear(AdditiveDelta):
     """An nn.Linear plus P diag(lambda) Q. Pruning zeroes lambda entries (the allocator does it); P and Q keep
     all r_init rows/columns and stay trainable, as in peft. Merging is explicit (`merge`/`unmerge`)."""
 
@@ -71,18 +71,6 @@ class AdaLoraLinear(nn.Module):
     def apply_mask(self) -> None:
         """Zero the values of pruned triplets: they then contribute exactly nothing to the output."""
         self.lam.masked_fill_(~self.kept, 0.0)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
-            self.merged = False
 
     def extra_repr(self) -> str:
         return f"r_init={self.r}, rank={self.rank}, scaling={self.scaling:g}, merged={self.merged}"
