@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from peftbench.errors import UsageError
+from peftbench.harness.args import add_set_option, int_list, names
 
 log = logging.getLogger("peftbench")
 
@@ -26,29 +27,11 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _seeds(value: str) -> list[int]:
-    try:
-        return [int(v) for v in _csv(value)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers like 0,1,2, got {value!r}") from None
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="minilm-l6", help="alias (minilm-l6), local model directory or hub id")
     p.add_argument("--data", default="sample", help="sample (bundled, offline), hub, or a directory of JSONL files")
     p.add_argument("--profile", default="quick", help="training preset: quick, standard, regress")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a method or train setting (repeatable), e.g. --set r=16 --set lr=5e-4",
-    )
+    add_set_option(p, "override a method or train setting (repeatable), e.g. --set r=16 --set lr=5e-4")
     p.add_argument("--results", default="results", type=Path, help="results directory (records go to runs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -74,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("sweep", help="run a grid of tasks x methods x budgets x seeds, then print the leaderboard")
-    p.add_argument("--tasks", type=_csv, required=True)
-    p.add_argument("--methods", type=_csv, required=True)
-    p.add_argument("--budgets", type=_csv, default=[], help="e.g. 0.3M,1.2M,0.5%%")
-    p.add_argument("--seeds", type=_seeds, default=[0])
+    p.add_argument("--tasks", type=names, required=True)
+    p.add_argument("--methods", type=names, required=True)
+    p.add_argument("--budgets", type=names, default=[], help="e.g. 0.3M,1.2M,0.5%%")
+    p.add_argument("--seeds", type=int_list, default=[0])
     p.add_argument("--jobs", type=int, default=1, help="runs at once (local executor)")
     p.add_argument(
         "--executor",
@@ -96,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", type=Path)
     p.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"])
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
-    p.add_argument("--tasks", type=_csv, default=None)
-    p.add_argument("--methods", type=_csv, default=None)
-    p.add_argument("--profiles", type=_csv, default=None, help="only records made with these profiles")
+    p.add_argument("--tasks", type=names, default=None)
+    p.add_argument("--methods", type=names, default=None)
+    p.add_argument("--profiles", type=names, default=None, help="only records made with these profiles")
 
     for module in SUBCOMMAND_MODULES:
         # Each module adds its own subcommand (parser + handler); its top level must import only light modules.

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from peftbench.errors import UsageError
+from peftbench.harness.args import names
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,6 @@ MODEL_CONFIGS = ("bert-base",)
 DEFAULT_STEPS = {"cpu": (2, 4), "cuda": (3, 20)}
 
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def add_subcommand(sub) -> None:
     p = sub.add_parser("perf", help="speed and memory of every method (and peft's) side by side")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -36,9 +33,9 @@ def add_subcommand(sub) -> None:
         choices=MODEL_CONFIGS,
         help="build a randomly initialised model of this size from a BertConfig (no download; overrides --model)",
     )
-    p.add_argument("--methods", type=_csv, default=["full", "lora", "dora", "adalora"], help="any of these four")
-    p.add_argument("--shapes", type=_csv, default=list(SHAPES), help="fixed (32x128), sst2, mnli")
-    p.add_argument("--sections", type=_csv, default=list(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
+    p.add_argument("--methods", type=names, default=["full", "lora", "dora", "adalora"], help="any of these four")
+    p.add_argument("--shapes", type=names, default=list(SHAPES), help="fixed (32x128), sst2, mnli")
+    p.add_argument("--sections", type=names, default=list(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
     p.add_argument(
         "--warmup",
         type=int,

@@ -10,12 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftbench.errors import UsageError
+from peftbench.harness.args import names
 
 _OUT_HELP = "output path (PNG; an SVG is written beside it)"
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def add_subcommand(sub) -> None:
@@ -39,7 +36,7 @@ def add_subcommand(sub) -> None:
             default=Path("results"),
             help="results directory (records in runs/; default: results)",
         )
-        q.add_argument("--methods", type=_csv, default=None, help="only these methods, e.g. lora,dora,full")
+        q.add_argument("--methods", type=names, default=None, help="only these methods, e.g. lora,dora,full")
         q.add_argument("--profile", default="quick", help="only records made with this training profile")
         q.add_argument("--out", type=Path, required=True, help=_OUT_HELP)
         if name == "curves":

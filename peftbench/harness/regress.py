@@ -30,7 +30,6 @@ a regression: the suite is then incomplete and the table says which row failed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -46,6 +45,7 @@ from typing import Any
 
 from peftbench import registry
 from peftbench.errors import UsageError
+from peftbench.harness.args import add_set_option, int_list, names
 from peftbench.records import atomic_write_text, load_record
 
 log = logging.getLogger(__name__)
@@ -444,17 +444,6 @@ def _command(suite: Suite, reason: str, fresh: bool) -> str:
 # --- CLI -----------------------------------------------------------------------------------------------------
 
 
-def _names(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def _int_list(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in _names(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers like 0,1, got {value!r}") from None
-
-
 def add_subcommand(sub) -> None:
     d = Suite()
     p = sub.add_parser("regress", help="CI accuracy gate: the fixed suite against results/baselines/regress.json")
@@ -464,19 +453,12 @@ def add_subcommand(sub) -> None:
     p.add_argument("--reason", default=None, help="why the baseline changes; recorded in it")
     p.add_argument("--fresh", action="store_true", help="rerun every run even when its record exists")
     p.add_argument("--model", default=d.model, help="suite model (alias, directory or hub id)")
-    p.add_argument("--tasks", type=_names, default=d.tasks, help="suite tasks, e.g. sst2,qnli")
-    p.add_argument("--methods", type=_names, default=d.methods, help="suite methods (default: every built-in)")
-    p.add_argument("--seeds", type=_int_list, default=d.seeds, help="suite seeds, e.g. 0,1")
+    p.add_argument("--tasks", type=names, default=d.tasks, help="suite tasks, e.g. sst2,qnli")
+    p.add_argument("--methods", type=names, default=d.methods, help="suite methods (default: every built-in)")
+    p.add_argument("--seeds", type=int_list, default=d.seeds, help="suite seeds, e.g. 0,1")
     p.add_argument("--profile", default=d.profile, help="training profile")
     p.add_argument("--data", default=d.data, help="data source")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a train or method setting for every run, e.g. --set lr=1e-5",
-    )
+    add_set_option(p, "override a train or method setting for every run, e.g. --set lr=1e-5")
     p.add_argument(
         "--executor",
         default="local",
