@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peftbench.harness.plan import RunRequest, resolve
-from peftbench.harness.runner import execute
+from peftbench.harness.run.plan import RunRequest, resolve
+from peftbench.harness.run.runner import execute
 
 FAST = ("max_steps=3", "train_rows=48", "eval_rows=24", "batch_size=16", "max_length=32", "eval_batch_size=32")
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from peftbench.harness.aggregate import runs_frame, summarize
+from peftbench.harness.report.aggregate import runs_frame, summarize
 from peftbench.harness.cli import main
-from peftbench.harness.leaderboard import render
+from peftbench.harness.report.leaderboard import render
 from peftbench.records import SCHEMA_VERSION, record_path, write_record
 
 

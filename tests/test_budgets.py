@@ -8,7 +8,7 @@ import pytest
 from peftbench.config import parse_budget
 from peftbench.errors import UsageError
 from peftbench.harness.cli import main
-from peftbench.harness.plan import RunRequest, budget_mismatches, planned_adapter_count, resolve
+from peftbench.harness.run.plan import RunRequest, budget_mismatches, planned_adapter_count, resolve
 
 
 @pytest.mark.parametrize(

@@ -245,7 +245,7 @@ def test_list_prints_methods_and_tasks(capsys):
 
 def test_gz_and_plain_jsonl_both_read(tmp_path):
     from peftbench import registry
-    from peftbench.harness.data import load_rows
+    from peftbench.harness.run.data import load_rows
 
     d = tmp_path / "glue" / "sst2"
     d.mkdir(parents=True)

@@ -11,8 +11,8 @@ import pytest
 
 from peftbench import registry
 from peftbench.harness.cli import main
-from peftbench.harness.compare import compare
-from peftbench.harness.paired_stats import make_scorer
+from peftbench.harness.report.compare import compare
+from peftbench.harness.report.stats import make_scorer
 from peftbench.records import SCHEMA_VERSION, atomic_write_text, predictions_path, record_path, write_record
 
 N = 40

@@ -7,9 +7,9 @@ import struct
 import pytest
 
 from peftbench.errors import UsageError
-from peftbench.harness.aggregate import runs_frame, summarize
+from peftbench.harness.report.aggregate import runs_frame, summarize
 from peftbench.harness.cli import main
-from peftbench.harness.plots import plot_curves, plot_pareto
+from peftbench.harness.report.plots import plot_curves, plot_pareto
 from peftbench.records import SCHEMA_VERSION, iter_records, record_path, write_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

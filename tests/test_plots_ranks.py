@@ -9,7 +9,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from peftbench.adapters.adalora import AdaLoraAdapter, AdaLoraConfig
 from peftbench.adapters.base import ApplyPlan
-from peftbench.harness.plots import plot_ranks
+from peftbench.harness.report.plots import plot_ranks
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

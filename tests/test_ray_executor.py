@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from peftbench.errors import UsageError
-from peftbench.harness.ray_executor import run_with_ray, task_options
-from peftbench.harness.sweep import expand, plan, run_sweep
+from peftbench.harness.sweep.ray_executor import run_with_ray, task_options
+from peftbench.harness.sweep.driver import expand, plan, run_sweep
 from peftbench.records import load_record
 from tests.helpers import FAST
 

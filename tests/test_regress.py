@@ -15,7 +15,7 @@ import pytest
 
 from peftbench import registry
 from peftbench.harness import cli
-from peftbench.harness.regress import (
+from peftbench.harness.regress.gate import (
     BASELINE_PATH,
     FLOOR,
     K_SIGMA,
@@ -113,7 +113,7 @@ def test_committed_baseline_describes_the_default_suite():
 
 
 def test_importing_the_subcommand_module_stays_light():
-    code = "import sys, peftbench.harness.regress; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = "import sys, peftbench.harness.regress.gate; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     args = cli.build_parser().parse_args(["regress", "--set", "lr=1e-5", "--seeds", "3,4"])

@@ -21,10 +21,10 @@ import torch
 
 from peftbench import registry
 from peftbench.adapters.lora import LoraAdapter
-from peftbench.harness import executors
-from peftbench.harness import sweep as sweep_mod
+from peftbench.harness.sweep.driver import executors
+from peftbench.harness.sweep import driver as sweep_mod
 from peftbench.harness.cli import main
-from peftbench.harness.plan import RunRequest, resolve
+from peftbench.harness.run.plan import RunRequest, resolve
 from peftbench.records import (
     SCHEMA_VERSION,
     load_record,
@@ -462,7 +462,7 @@ def test_corrupt_and_old_schema_records_are_reported_set_aside_and_rerun(tiny_mo
     ],
 )
 def test_records_of_another_shape_are_reported_not_misread(change, problem, tmp_path):
-    from peftbench.harness.aggregate import runs_frame
+    from peftbench.harness.report.aggregate import runs_frame
 
     path = tmp_path / "runs" / "sst2" / "lora" / "0123456789abcdef.json"
     rec = {"schema_version": SCHEMA_VERSION, "status": "ok", "config": {"task": "sst2"}, "metrics": {}, "params": {}}

@@ -18,7 +18,7 @@ from peftbench import registry
 from peftbench.adapters.base import ApplyPlan
 from peftbench.config import canonical_json, parse_value, run_config_from_dict
 from peftbench.errors import UsageError
-from peftbench.harness import sweep as sweep_mod
+from peftbench.harness.sweep import driver as sweep_mod
 from peftbench.harness.cli import main
 from peftbench.records import load_record
 
@@ -128,7 +128,7 @@ class _Evil:
 
 
 def test_records_are_json_only_a_pickle_is_reported_not_run(tmp_path):
-    from peftbench.harness.aggregate import runs_frame
+    from peftbench.harness.report.aggregate import runs_frame
 
     sentinel = tmp_path / "pwned"
     path = tmp_path / "runs" / "sst2" / "lora" / "0123456789abcdef.json"
@@ -141,7 +141,7 @@ def test_records_are_json_only_a_pickle_is_reported_not_run(tmp_path):
 
 
 def test_a_resolved_config_file_is_plain_json_into_typed_fields(tiny_model_dir, tmp_path):
-    from peftbench.harness.plan import RunRequest, resolve
+    from peftbench.harness.run.plan import RunRequest, resolve
 
     cfg = resolve(RunRequest(task="sst2", method="lora", model=str(tiny_model_dir), sets=SETS))
     good = tmp_path / "good.json"
@@ -166,9 +166,9 @@ def test_save_adapter_writes_safetensors_that_restore_the_trained_model(tiny_mod
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from peftbench.harness.data import load_rows
-    from peftbench.harness.plan import method_config_of
-    from peftbench.harness.train import evaluate
+    from peftbench.harness.run.data import load_rows
+    from peftbench.harness.run.plan import method_config_of
+    from peftbench.harness.run.train import evaluate
 
     argv = ["run", "--task", "stsb", "--method", "lora", "--model", str(tiny_model_dir), "--results", str(tmp_path)]
     assert main([*argv, "--quiet", "--save-adapter", *_sets()]) == 0

@@ -20,10 +20,10 @@ log = logging.getLogger("peftbench")
 # Harness modules that contribute a subcommand through `add_subcommand(subparsers)`, which must set
 # `func=handler` on its parser; the handler takes the parsed args and returns an exit code.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "peftbench.harness.compare",
-    "peftbench.harness.plot_cmd",
-    "peftbench.harness.regress",
-    "peftbench.harness.perf",
+    "peftbench.harness.report.compare",
+    "peftbench.harness.report.plot_cmd",
+    "peftbench.harness.regress.gate",
+    "peftbench.harness.perf.cli",
 )
 
 
@@ -129,9 +129,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from peftbench.harness.plan import RunRequest, resolve
-    from peftbench.harness.runner import execute
-    from peftbench.harness.sweep import check_local_data, load_resolved
+    from peftbench.harness.run.plan import RunRequest, resolve
+    from peftbench.harness.run.runner import execute
+    from peftbench.harness.sweep.driver import check_local_data, load_resolved
     from peftbench.records import lock_holder, record_path, release_lock, try_lock
 
     if args.resolved:
@@ -184,7 +184,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from peftbench.harness.sweep import expand, plan, run_sweep
+    from peftbench.harness.sweep.driver import expand, plan, run_sweep
     from peftbench.records import load_record
 
     if args.jobs < 1:
@@ -206,7 +206,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         print(_plan_table(planned))
         return 0
-    from peftbench.harness.plan import budget_mismatches
+    from peftbench.harness.run.plan import budget_mismatches
 
     for line in budget_mismatches([p.config for p in planned]):
         log.warning("budget not matched within 5%%: %s", line)
@@ -249,7 +249,7 @@ def cmd_sweep(args) -> int:
 def _plan_table(planned) -> str:
     from tabulate import tabulate
 
-    from peftbench.harness.plan import budget_mismatches, method_config_of, planned_adapter_count
+    from peftbench.harness.run.plan import budget_mismatches, method_config_of, planned_adapter_count
 
     rows = []
     for p in planned:
@@ -288,8 +288,8 @@ def _hparams(config) -> str:
 
 
 def _print_leaderboard(results: Path, hashes: set[str] | None = None, tasks=None, methods=None) -> None:
-    from peftbench.harness.aggregate import runs_frame, summarize
-    from peftbench.harness.leaderboard import render
+    from peftbench.harness.report.aggregate import runs_frame, summarize
+    from peftbench.harness.report.leaderboard import render
 
     df = runs_frame(results)
     if not df.empty:
@@ -303,8 +303,8 @@ def _print_leaderboard(results: Path, hashes: set[str] | None = None, tasks=None
 
 
 def cmd_leaderboard(args) -> int:
-    from peftbench.harness.aggregate import runs_frame, summarize
-    from peftbench.harness.leaderboard import render
+    from peftbench.harness.report.aggregate import runs_frame, summarize
+    from peftbench.harness.report.leaderboard import render
 
     df = runs_frame(args.results)
     if not df.empty:

@@ -24,7 +24,7 @@ from torch import nn
 from peftbench import registry
 from peftbench.adapters.base import ApplyPlan, find_targets
 from peftbench.config import DEFAULT_TARGETS
-from peftbench.harness.perf_profile import PeakAllocated
+from peftbench.harness.perf.profile import PeakAllocated
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +232,8 @@ def fixed_batches(n: int, batch: int, length: int, vocab: int, num_labels: int, 
 
 def glue_batches(task_name: str, tokenizer, n: int, batch: int, max_length: int, device, seed: int = 0):
     """The first n length-grouped batches of an epoch over the bundled sample, as the harness builds them."""
-    from peftbench.harness.data import load_rows
-    from peftbench.harness.train import collate, length_grouped_batches
+    from peftbench.harness.run.data import load_rows
+    from peftbench.harness.run.train import collate, length_grouped_batches
 
     task = registry.tasks.get(task_name)
     feats = task.featurize(load_rows(task, "sample", task.train_split), tokenizer, max_length, True)

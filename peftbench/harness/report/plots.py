@@ -127,7 +127,7 @@ def plot_pareto(summary_or_frame, task: str, out: str | Path) -> list[Path]:
     """Primary metric against adapter parameters (log x) for one task: one line per budgeted method through
     its budgets, error bars = std over seeds, and unbudgeted methods (full FT) as a horizontal band, mean ±
     std. Accepts `aggregate.summarize` output or the per-run frame of `aggregate.runs_frame`."""
-    from peftbench.harness.aggregate import summarize
+    from peftbench.harness.report.aggregate import summarize
 
     df = summary_or_frame
     summary = df if "primary.mean" in df.columns or df.empty else summarize(df)

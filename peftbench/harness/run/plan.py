@@ -22,9 +22,9 @@ from peftbench.config import (
     to_jsonable,
 )
 from peftbench.errors import BudgetError, UsageError
-from peftbench.harness.data import data_fingerprint, split_file
-from peftbench.harness.models import resolve_model
-from peftbench.harness.train import plan_steps
+from peftbench.harness.run.data import data_fingerprint, split_file
+from peftbench.harness.run.models import resolve_model
+from peftbench.harness.run.train import plan_steps
 from peftbench.registry import unknown_name_message
 
 log = logging.getLogger(__name__)

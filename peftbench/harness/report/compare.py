@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.errors import UsageError
-from peftbench.harness.paired_stats import SeedTest, paired_bootstrap, paired_t
+from peftbench.harness.report.stats import SeedTest, paired_bootstrap, paired_t
 from peftbench.records import load_record, predictions_path, runs_dir
 
 log = logging.getLogger(__name__)

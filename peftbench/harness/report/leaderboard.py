@@ -9,7 +9,7 @@ from tabulate import tabulate
 
 from peftbench import registry
 from peftbench.errors import UsageError
-from peftbench.harness.aggregate import NO_BUDGET
+from peftbench.harness.report.aggregate import NO_BUDGET
 
 FORMATS = {"md": "github", "latex": "latex", "html": "html"}
 

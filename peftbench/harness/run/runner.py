@@ -14,10 +14,10 @@ from peftbench import registry
 from peftbench.adapters.base import ApplyPlan
 from peftbench.config import RunConfig, to_jsonable
 from peftbench.errors import TrainingDiverged, UsageError
-from peftbench.harness.data import featurize_cached, load_rows
-from peftbench.harness.measure import environment
-from peftbench.harness.plan import method_config_of
-from peftbench.harness.train import plan_steps, train
+from peftbench.harness.run.data import featurize_cached, load_rows
+from peftbench.harness.run.measure import environment
+from peftbench.harness.run.plan import method_config_of
+from peftbench.harness.run.train import plan_steps, train
 from peftbench.records import (
     SCHEMA_VERSION,
     adapter_weights_path,

@@ -53,7 +53,7 @@ def _print(written: list[Path]) -> int:
 def cmd_ranks(args) -> int:
     import json
 
-    from peftbench.harness import plots
+    from peftbench.harness.report import plots
 
     try:
         data = json.loads(args.record.read_text())
@@ -73,8 +73,8 @@ def _check_results(results: Path) -> None:
 
 
 def cmd_pareto(args) -> int:
-    from peftbench.harness import plots
-    from peftbench.harness.aggregate import runs_frame
+    from peftbench.harness.report import plots
+    from peftbench.harness.report.aggregate import runs_frame
 
     _check_results(args.results)
     df = runs_frame(args.results)
@@ -88,7 +88,7 @@ def cmd_pareto(args) -> int:
 
 
 def cmd_curves(args) -> int:
-    from peftbench.harness import plots
+    from peftbench.harness.report import plots
     from peftbench.records import iter_records
 
     _check_results(args.results)

@@ -21,7 +21,7 @@ import torch
 from peftbench import registry
 from peftbench.adapters.base import ApplyPlan
 from peftbench.config import DEFAULT_TARGETS, ModelRef
-from peftbench.harness.data import SAMPLE_ROOT
+from peftbench.harness.run.data import SAMPLE_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _fresh_caches(tmp: Path):
     """Each harness run pays its own setup: model hash and feature tokenisation (lru and disk caches)."""
     import os
 
-    from peftbench.harness import plan
+    from peftbench.harness.run import plan
 
     plan._cached_model.cache_clear()
     plan.model_shape.cache_clear()
@@ -93,7 +93,7 @@ def _fresh_caches(tmp: Path):
 
 def harness_run(model: str, cfg: E2EConfig, tmp: Path, **extra: Any) -> dict[str, Any]:
     """One run through the sweep path (plan, skip check, inline executor, record), timed from the request."""
-    from peftbench.harness.sweep import expand, plan, run_sweep
+    from peftbench.harness.sweep.driver import expand, plan, run_sweep
     from peftbench.records import load_record
 
     results = tmp / f"results-{time.monotonic_ns()}"
@@ -138,7 +138,7 @@ def bare_loop(model_ref: ModelRef, cfg: E2EConfig, device: torch.device, autocas
     import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from peftbench.harness.train import length_grouped_batches, linear_schedule
+    from peftbench.harness.run.train import length_grouped_batches, linear_schedule
 
     with _stopwatch() as wall:
         train_rows, val_rows = _read_rows("train", cfg.rows), _read_rows("validation", cfg.eval_rows)
@@ -213,7 +213,7 @@ def trainer_run(model_ref: ModelRef, cfg: E2EConfig, device: torch.device, tmp: 
         TrainingArguments,
     )
 
-    from peftbench.harness.perf_steps import peft_target_regex
+    from peftbench.harness.perf.steps import peft_target_regex
 
     with _stopwatch() as wall:
         tok = AutoTokenizer.from_pretrained(model_ref.path, revision=model_ref.revision)

@@ -137,7 +137,7 @@ def _status(t: dict) -> str:
 def machine(device) -> list[str]:
     import torch
 
-    from peftbench.harness.measure import git_commit, versions
+    from peftbench.harness.run.measure import git_commit, versions
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -101,7 +101,7 @@ def run_in_subprocess(
 
 
 def run_inline(cfg: RunConfig, results: Path, quiet: bool = True, **_: Any) -> int:
-    from peftbench.harness.runner import execute
+    from peftbench.harness.run.runner import execute
 
     rec = execute(cfg, results, progress=not quiet)
     return 0 if rec["status"] == "ok" else 1

@@ -114,7 +114,7 @@ def _bert_base_dir(tmp: Path) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
-    from peftbench.harness.models import MINILM, packaged_dir
+    from peftbench.harness.run.models import MINILM, packaged_dir
 
     torch.manual_seed(0)
     d = tmp / "bert-base-random"
@@ -153,7 +153,7 @@ def cmd_perf(args) -> int:
     import torch
     import transformers
 
-    from peftbench.harness import perf_report
+    from peftbench.harness.perf import report
 
     device = _device(args.device)
     warmup, steps = DEFAULT_STEPS[device.type]
@@ -178,7 +178,7 @@ def cmd_perf(args) -> int:
     started = datetime.now(timezone.utc)
     cpu0 = time.process_time()
     with tempfile.TemporaryDirectory(prefix="peftbench-perf-model-") as tmp:
-        from peftbench.harness.models import resolve_model
+        from peftbench.harness.run.models import resolve_model
 
         model_name = str(_bert_base_dir(Path(tmp))) if args.model_config else args.model
         model_ref = resolve_model(model_name)
@@ -187,7 +187,7 @@ def cmd_perf(args) -> int:
             data["steps"], data["profiles"], data["model"] = _run_steps(args, model_ref, device, autocast, with_peft)
         e2e_sections = {s for s in args.sections if s != "steps"}
         if e2e_sections:
-            from peftbench.harness.perf_e2e import run_e2e
+            from peftbench.harness.perf.e2e import run_e2e
 
             data["e2e"] = run_e2e(
                 model_name, model_ref, device, autocast, args.epoch_rows, args.e2e_rows, args.e2e_batch_size,
@@ -211,9 +211,9 @@ def _run_steps(args, model_ref, device, autocast, with_peft):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from peftbench.harness import perf_steps as ps
-    from peftbench.harness.perf_profile import profile_diff
-    from peftbench.harness.perf_report import missed_step_methods
+    from peftbench.harness.perf import steps as ps
+    from peftbench.harness.perf.profile import profile_diff
+    from peftbench.harness.perf.report import missed_step_methods
 
     # One 3-way head for every shape (SST-2 labels fit it); the head's size does not matter to the timings.
     base = AutoModelForSequenceClassification.from_pretrained(model_ref.path, revision=model_ref.revision, num_labels=3)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from peftbench.harness.perf_steps import MethodRun
+    from peftbench.harness.perf.steps import MethodRun
 
 log = logging.getLogger(__name__)
 

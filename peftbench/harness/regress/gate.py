@@ -142,7 +142,7 @@ def one_thread() -> Iterator[None]:
 
 
 def default_jobs() -> int:
-    from peftbench.harness.executors import cpu_count
+    from peftbench.harness.sweep.executors import cpu_count
 
     return max(1, cpu_count())
 
@@ -158,7 +158,7 @@ def run_suite(
     """Expand, plan and run the suite with the sweep machinery; read back exactly the planned records."""
     import dataclasses
 
-    from peftbench.harness.sweep import expand, plan, run_sweep
+    from peftbench.harness.sweep.driver import expand, plan, run_sweep
 
     requests = expand(
         suite.tasks,
@@ -301,7 +301,7 @@ def baseline_rows(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]
 def make_baseline(suite: Suite, run: SuiteRun, reason: str, command: str, previous: dict | None) -> dict[str, Any]:
     import torch
 
-    from peftbench.harness.measure import environment
+    from peftbench.harness.run.measure import environment
 
     rows = []
     for (task, method), r in sorted(run.rows.items()):

@@ -21,9 +21,9 @@ from typing import Any
 from peftbench import registry
 from peftbench.config import RunConfig, parse_budget, run_config_from_dict
 from peftbench.errors import UsageError
-from peftbench.harness.data import check_rows, read_jsonl, split_file, splits_needed
-from peftbench.harness.executors import Children, run_in_subprocess, run_inline
-from peftbench.harness.plan import RunRequest, resolve
+from peftbench.harness.run.data import check_rows, read_jsonl, split_file, splits_needed
+from peftbench.harness.sweep.executors import Children, run_in_subprocess, run_inline
+from peftbench.harness.run.plan import RunRequest, resolve
 from peftbench.records import load_record, lock_holder, record_path, release_lock, set_aside, try_lock
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ def run_sweep(
     if not todo:
         return outcome
     if executor == "ray":
-        from peftbench.harness.ray_executor import run_with_ray
+        from peftbench.harness.sweep.ray_executor import run_with_ray
 
         codes = run_with_ray([p.config for p in todo], results, ray_address, ray_resources or {})
         sweep = _Sweep(results, executor, jobs, _Progress(len(todo), False))

@@ -19,7 +19,7 @@ from torch import nn
 from peftbench.adapters.base import Adapter
 from peftbench.config import TrainConfig
 from peftbench.errors import TrainingDiverged
-from peftbench.harness.measure import PeakMemory
+from peftbench.harness.run.measure import PeakMemory
 from peftbench.tasks.base import Features, Scored, TaskSpec
 
 log = logging.getLogger(__name__)

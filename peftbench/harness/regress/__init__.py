@@ -1,0 +1,1 @@
+"""The CI accuracy gate: a fixed suite judged against a committed baseline."""

@@ -1,0 +1,1 @@
+"""From records to answers: aggregation, leaderboards, plots, paired comparisons."""

@@ -1,0 +1,1 @@
+"""One run, start to finish: plan, model, data, training, measurement, record."""
