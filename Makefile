@@ -22,7 +22,7 @@ DEVICE ?= cpu
 
 budget_flag = $(if $(filter none,$(BUDGETS)),,--budgets $(BUDGETS))
 
-.PHONY: venv test bench regress regress-update perf lint clean-runs
+.PHONY: venv test test-fast bench regress regress-update perf lint clean-runs
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 
@@ -37,6 +37,11 @@ venv: $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 test: venv
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
+# The fast lane (under a minute): everything but the tests marked slow (child processes, Ray, the embedded
+# MiniLM, the perf command). CI runs the full suite.
+test-fast: venv
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
 bench: venv
 	HF_HUB_OFFLINE=1 $(PEFTBENCH) sweep --tasks $(TASK) --methods $(METHODS) $(budget_flag) --seeds $(SEEDS) \
 		--data $(DATA) --model $(MODEL) --profile $(PROFILE) --results $(RESULTS) --jobs $(JOBS)
@@ -50,8 +55,11 @@ regress-update: venv
 	HF_HUB_OFFLINE=1 $(PEFTBENCH) regress --results $(RESULTS) --update --reason "$(REASON)"
 
 # Speed and memory, side by side in one process: native methods vs peft vs the frozen-model floor.
+# Methods timed by make perf (peftbench perf alone times every registered method).
+PERF_METHODS ?= full,lora,dora,adalora
+
 perf: venv
-	HF_HUB_OFFLINE=1 $(PEFTBENCH) perf --device $(DEVICE)
+	HF_HUB_OFFLINE=1 $(PEFTBENCH) perf --device $(DEVICE) --methods $(PERF_METHODS)
 
 lint: venv
 	$(VENV)/bin/ruff check peftbench tests scripts

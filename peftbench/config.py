@@ -97,6 +97,11 @@ class RunConfig:
     def config_hash(self) -> str:
         return hashlib.sha256(canonical_json(self.hash_payload()).encode()).hexdigest()[:16]
 
+    @property
+    def label(self) -> str:
+        budget = f" @{self.budget}" if self.budget else ""
+        return f"{self.task}/{self.method}{budget} seed {self.seed}"
+
 
 def to_jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

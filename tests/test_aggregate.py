@@ -6,37 +6,16 @@ import math
 
 import pytest
 
-from peftbench.harness.report.aggregate import runs_frame, summarize
 from peftbench.harness.cli import main
+from peftbench.harness.report.aggregate import runs_frame, summarize
 from peftbench.harness.report.leaderboard import render
-from peftbench.records import SCHEMA_VERSION, record_path, write_record
+from tests.helpers import build_record, write_built
 
 
-def make_record(results, task, method, seed, primary, budget=None, status="ok", adapter=1000, extra=None):
-    h = f"{task}{method}{budget}{seed}".replace(".", "")
-    rec = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": h,
-        "status": status,
-        "error": None if status == "ok" else "boom",
-        "config": {
-            "task": task,
-            "method": method,
-            "seed": seed,
-            "config_hash": h,
-            "profile": "quick",
-            "model": {"id": "m"},
-            "budget": {"spec": budget, "requested": 300000 if budget else None},
-        },
-        "metrics": {
-            "primary_name": "accuracy",
-            "primary": primary if status == "ok" else None,
-            "all": {"accuracy": primary, **(extra or {})} if status == "ok" else {},
-        },
-        "params": {"adapter": adapter, "trainable": adapter + 770, "head": 770, "total": 10**6},
-        "perf": {"train_samples_per_second": 100.0, "peak_memory_bytes": 2**30, "step_time_ms_median": 5.0},
-    }
-    write_record(record_path(results, task, method, h), rec)
+def make_record(results, task, method, seed, primary, budget=None, status="ok", adapter=1000, extra=None, **kw):
+    rec = build_record(task, method, seed, primary, budget=budget, status=status, adapter=adapter,
+                       extra_metrics=extra, **kw)  # fmt: skip
+    write_built(results, rec)
     return rec
 
 
@@ -104,12 +83,9 @@ def test_empty_results(tmp_path, capsys):
 
 
 def test_runs_that_differ_in_more_than_the_seed_never_pool(tmp_path):
-    a = make_record(tmp_path, "sst2", "lora", 0, 0.80)
-    b = make_record(tmp_path, "sst2", "lora", 1, 0.90)
-    # Same method and budget, but b was trained with another learning rate: two rows, not one mean.
-    for rec, lr in ((a, 1e-3), (b, 1e-4)):
-        rec["config"]["_resolved"] = {"task": "sst2", "method": "lora", "seed": rec["config"]["seed"], "lr": lr}
-        write_record(record_path(tmp_path, "sst2", "lora", rec["config"]["config_hash"]), rec)
+    # Same method and budget, but the second was trained with another learning rate: two rows, not one mean.
+    make_record(tmp_path, "sst2", "lora", 0, 0.80, lr=1e-3)
+    make_record(tmp_path, "sst2", "lora", 1, 0.90, lr=1e-4)
     s = summarize(runs_frame(tmp_path))
     assert len(s) == 2 and set(s["n"]) == {1}
     text = render(s)
@@ -118,8 +94,6 @@ def test_runs_that_differ_in_more_than_the_seed_never_pool(tmp_path):
 
 def test_profiles_get_their_own_tables(tmp_path):
     make_record(tmp_path, "sst2", "lora", 0, 0.80)
-    rec = make_record(tmp_path, "sst2", "full", 0, 0.70)
-    rec["config"]["profile"] = "regress"
-    write_record(record_path(tmp_path, "sst2", "full", rec["config"]["config_hash"]), rec)
+    make_record(tmp_path, "sst2", "full", 0, 0.70, profile="regress")
     text = render(summarize(runs_frame(tmp_path)))
     assert "### sst2 (profile quick)" in text and "### sst2 (profile regress)" in text

@@ -30,6 +30,7 @@ def test_malformed_budgets(bad):
         parse_budget(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "dora", "adalora"])
 def test_each_method_lands_within_five_percent_on_minilm(method):
     for spec in ("0.3M", "1.2M", "2%"):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from peftbench.harness.cli import main
+from peftbench.records import load_record
 
 FAST = ["--set", "max_steps=1", "--set", "train_rows=16", "--set", "eval_rows=8", "--quiet"]
 
@@ -173,9 +174,9 @@ def test_local_directory_source_runs(capsys, tmp_path, tiny_model_dir):
     )
     assert code == 0, capsys.readouterr().err
     recs = list((tmp_path / "runs" / "sst2" / "lora").glob("*.json"))
-    data = json.loads(recs[0].read_text())
-    assert data["config"]["data"]["source"] == str(root)
-    assert data["config"]["data"]["train_rows"] == 16
+    data = load_record(recs[0]).record.data
+    assert data.source == str(root)
+    assert data.train_rows == 16
 
 
 def test_hub_source_uses_load_dataset(monkeypatch, capsys, tmp_path, tiny_model_dir):

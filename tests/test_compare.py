@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from types import SimpleNamespace
 
@@ -13,7 +12,8 @@ from peftbench import registry
 from peftbench.harness.cli import main
 from peftbench.harness.report.compare import compare
 from peftbench.harness.report.stats import make_scorer
-from peftbench.records import SCHEMA_VERSION, atomic_write_text, predictions_path, record_path, write_record
+from peftbench.records import predictions_path
+from tests.helpers import build_record, write_built
 
 N = 40
 REFS = [i % 2 for i in range(N)]
@@ -21,23 +21,14 @@ REFS = [i % 2 for i in range(N)]
 
 def write_run(results, method, seed, preds, refs=REFS, task="sst2", budget="0.3M", requested=None, created="t0"):
     """A successful record whose primary (accuracy) matches its predictions file, as runner.py writes them."""
-    h = f"{method}{budget}{seed}{created}".replace(".", "").replace("%", "pct")
     acc = float(np.mean(np.asarray(preds) == np.asarray(refs)))
     spec = budget if budget != "-" else None
     if requested is None and spec:
         requested = {"0.3M": 300_000, "1.2M": 1_200_000}.get(spec)
-    rec = {
-        "schema_version": SCHEMA_VERSION, "run_id": h, "status": "ok", "error": None, "created": created,
-        "config": {"task": task, "method": method, "seed": seed, "config_hash": h, "model": {"id": "m"},
-                   "budget": {"spec": spec, "requested": requested}},
-        "metrics": {"primary_name": "accuracy", "primary": acc, "all": {"accuracy": acc}, "history": []},
-        "params": {"adapter": 1000, "trainable": 1770},
-    }  # fmt: skip
-    path = record_path(results, task, method, h)
-    write_record(path, rec)
-    line = {"split": "validation", "predictions": list(preds), "references": list(refs)}
-    atomic_write_text(predictions_path(path), json.dumps(line) + "\n")
-    return path
+    # Each distinct `created` stands for another config of the same seed (e.g. another lr).
+    lr = 1e-3 * (1 + sum(map(ord, created)) % 97)
+    rec = build_record(task, method, seed, acc, budget=spec, requested=requested, created=created, lr=lr)
+    return write_built(results, rec, preds, refs)
 
 
 def wrong_on(k: int) -> list[int]:

@@ -129,12 +129,12 @@ def test_unknown_config_is_a_usage_error(monkeypatch):
     with pytest.raises(KeyError, match="cola"):
         evaluate.load(str(metrics.module_path("glue")), config_name="nope", keep_in_memory=True)
     with pytest.raises(UsageError, match="no config"):
-        metrics.compute(dataclasses.replace(task("rte"), hub_config="rte2"), [0], [0])
+        metrics.compute(dataclasses.replace(task("rte"), metric_config="rte2"), [0], [0])
 
 
-def test_unknown_family_or_module_is_a_usage_error():
-    with pytest.raises(UsageError, match="no metrics for task family 'other'"):
-        metrics.compute(dataclasses.replace(task("rte"), family="other"), [0], [0])
+def test_unknown_metric_module_is_a_usage_error():
+    with pytest.raises(UsageError, match="no metric module 'other'"):
+        metrics.compute(dataclasses.replace(task("rte"), metric_module="other"), [0], [0])
     with pytest.raises(UsageError, match="no metric module 'missing'"):
         metrics.load_metric("missing")
 

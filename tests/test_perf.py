@@ -16,6 +16,9 @@ from peftbench.adapters.dora import DoraLinear
 from peftbench.adapters.lora import LoraLinear
 from peftbench.harness.cli import main
 
+# Trains real runs in child processes (or loads the embedded MiniLM): the full suite, not make test-fast.
+pytestmark = pytest.mark.slow
+
 METHODS = ["floor (frozen, input grads only)", "full", "lora", "dora", "adalora", "peft lora", "peft dora",
            "peft adalora"]  # fmt: skip
 SHAPE_HEADINGS = ["## Training step: fixed shape, batch 8 x 32 tokens", "## Training step: SST-2 sample batches",
@@ -41,7 +44,8 @@ def perf_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("perf") / "cpu.md"
     threads = torch.get_num_threads()
     sizes = ["--batch-size", "8", "--seq-len", "32", "--epoch-rows", "48", "--e2e-rows", "48", "--eval-rows", "24"]
-    argv = ["perf", "--model", str(tiny_model_dir), "--warmup", "2", "--steps", "1", *sizes, "--out", str(out)]
+    argv = ["perf", "--model", str(tiny_model_dir), "--warmup", "2", "--steps", "1", *sizes, "--out", str(out),
+            "--methods", "full,lora,dora,adalora"]  # fmt: skip
     try:
         code = main(argv)
     finally:

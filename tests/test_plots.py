@@ -7,27 +7,20 @@ import struct
 import pytest
 
 from peftbench.errors import UsageError
-from peftbench.harness.report.aggregate import runs_frame, summarize
 from peftbench.harness.cli import main
+from peftbench.harness.report.aggregate import runs_frame, summarize
 from peftbench.harness.report.plots import plot_curves, plot_pareto
-from peftbench.records import SCHEMA_VERSION, iter_records, record_path, write_record
+from peftbench.records import iter_records
+from tests.helpers import build_record, write_built
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def make_record(results, task, method, seed, primary, budget=None, adapter=1000, history=None, status="ok"):
-    """A record as runner.py writes it, with an evaluation history of {"step", metric} points."""
-    h = f"{task}{method}{budget}{seed}".replace(".", "")
-    rec = {
-        "schema_version": SCHEMA_VERSION, "run_id": h, "status": status, "error": None,
-        "config": {"task": task, "method": method, "seed": seed, "config_hash": h, "profile": "quick",
-                   "model": {"id": "m"}, "budget": {"spec": budget, "requested": 1 if budget else None}},
-        "metrics": {"primary_name": "accuracy", "primary": primary, "all": {"accuracy": primary},
-                    "history": history or [{"step": 30, "accuracy": primary}]},
-        "params": {"adapter": adapter, "trainable": adapter + 770, "head": 770, "total": 10**6},
-        "perf": {},
-    }  # fmt: skip
-    write_record(record_path(results, task, method, h), rec)
+    """A record as the runner writes it, with an evaluation history of {"step", metric} points."""
+    rec = build_record(task, method, seed, primary, budget=budget, adapter=adapter, history=history, status=status,
+                       requested=1 if budget else None)  # fmt: skip
+    write_built(results, rec)
     return rec
 
 
@@ -69,7 +62,7 @@ def test_pareto_from_summary_and_from_frame(tmp_path):
 
 def test_curves_average_seeds_per_step(tmp_path):
     populate(tmp_path)
-    records = [r.data for r in iter_records(tmp_path)]
+    records = [r.record for r in iter_records(tmp_path)]
     paths = plot_curves(records, "sst2", tmp_path / "curves.svg")
     check_figure(paths)
     svg = next(p for p in paths if p.suffix == ".svg").read_text()
@@ -82,7 +75,7 @@ def test_plot_errors(tmp_path):
     with pytest.raises(UsageError, match="no successful runs of task 'cola'"):
         plot_pareto(runs_frame(tmp_path), "cola", tmp_path / "x")
     with pytest.raises(UsageError, match="no run of task 'sst2' has 'f1'"):
-        plot_curves([r.data for r in iter_records(tmp_path)], "sst2", tmp_path / "x", metric="f1")
+        plot_curves([r.record for r in iter_records(tmp_path)], "sst2", tmp_path / "x", metric="f1")
 
 
 def test_plot_cli(tmp_path, capsys):

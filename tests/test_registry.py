@@ -77,9 +77,9 @@ def test_duplicate_registration_raises():
 def test_plugin_method_runs_through_the_runner(plugin_distribution, tiny_model_dir, tmp_path):
     assert "bitfit_plugin" in registry.adapters.names()
     rec = quick_run(tiny_model_dir, tmp_path, task="sst2", method="bitfit_plugin")
-    assert rec["status"] == "ok", rec["error"]
+    assert rec.ok, rec.error
     # 2 layers x (q, k, v, attn-out: 32; ffn-in: 37; ffn-out: 32) biases
-    assert rec["params"]["adapter"] == 2 * (4 * 32 + 37 + 32)
+    assert rec.params.adapter == 2 * (4 * 32 + 37 + 32)
 
 
 def test_broken_plugin_is_a_one_line_error(tmp_path, monkeypatch):

@@ -27,6 +27,9 @@ from peftbench.harness.regress.gate import (
     load_baseline,
 )
 
+# Trains real runs in child processes (or loads the embedded MiniLM): the full suite, not make test-fast.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 LR = 3e-3  # the tiny BERT learns the keyword task at this rate (LoRA in ~100 steps); at LR/100 it stays at the prior
 TINY_SETS = ("epochs=4", "batch_size=16", "max_length=32", "train_rows=0", "eval_rows=0", f"lr={LR}")

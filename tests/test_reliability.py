@@ -21,12 +21,17 @@ import torch
 
 from peftbench import registry
 from peftbench.adapters.lora import LoraAdapter
-from peftbench.harness.sweep.driver import executors
-from peftbench.harness.sweep import driver as sweep_mod
 from peftbench.harness.cli import main
 from peftbench.harness.run.plan import RunRequest, resolve
+from peftbench.harness.sweep import driver as sweep_mod
+from peftbench.harness.sweep import executors
 from peftbench.records import (
     SCHEMA_VERSION,
+    DataInfo,
+    Params,
+    Perf,
+    RunRecord,
+    atomic_write_text,
     load_record,
     lock_path,
     record_path,
@@ -34,6 +39,9 @@ from peftbench.records import (
     try_lock,
     write_record,
 )
+
+# Trains real runs in child processes (or loads the embedded MiniLM): the full suite, not make test-fast.
+pytestmark = pytest.mark.slow
 
 SETS = ("train_rows=48", "eval_rows=24", "batch_size=16", "max_length=32", "eval_batch_size=32")
 INTERRUPTED = re.compile(r"^interrupted: (\d+) of (\d+) runs finished, (\d+) left; rerun the same command to finish$")
@@ -212,7 +220,7 @@ def test_interrupted_sweep_stops_its_runs_and_a_killed_sweep_is_finished_by_the_
         assert _snapshot(recs[0]) == before
         assert all(load_record(r).ok for r in recs)
         for rec in orphaned:  # finished by the orphan, with the thread count the sweep gave it
-            assert load_record(rec).data["env"]["torch_threads"] == threads
+            assert load_record(rec).record.env["torch_threads"] == threads
         ran, skipped, elsewhere, failed = map(int, SUMMARY.search(caplog.text).groups())
         assert (ran + elsewhere, skipped, failed) == (2, 1, 0) and elsewhere >= 1
     finally:
@@ -239,7 +247,7 @@ def test_two_sweeps_on_one_results_directory(tiny_model_dir, tmp_path):
     assert codes == [0, 0], texts
     recs = _json_records(results)
     assert len(recs) == 3 and all(load_record(r).ok for r in recs)
-    assert sorted(load_record(r).data["config"]["seed"] for r in recs) == [0, 1, 2]
+    assert sorted(load_record(r).record.config.seed for r in recs) == [0, 1, 2]
     names = {p.name for p in (results / "runs" / "sst2" / "lora").iterdir()}
     assert names == {n for r in recs for n in (r.name, r.with_suffix(".preds.jsonl").name, r.name + ".lock")}
     ran = 0
@@ -259,7 +267,7 @@ def test_sigterm_stops_a_sweep_like_ctrl_c(tiny_model_dir, tmp_path, monkeypatch
         time.sleep(60)
         raise AssertionError("SIGTERM did not interrupt the sweep")
 
-    monkeypatch.setattr(sweep_mod, "run_in_subprocess", stuck)
+    monkeypatch.setattr(executors, "run_in_subprocess", stuck)
     before = signal.getsignal(signal.SIGTERM)
     assert main([*_sweep(tiny_model_dir, tmp_path, "0,1"), *_sets()]) == 130
     assert INTERRUPTED.match(capsys.readouterr().err.strip().splitlines()[-1]).groups() == ("0", "2", "2")
@@ -278,7 +286,7 @@ def test_a_config_locked_by_another_process_is_waited_for_not_rerun(tiny_model_d
         _write_ok(results, cfg)
         return 0
 
-    monkeypatch.setattr(sweep_mod, "run_in_subprocess", fake_run)
+    monkeypatch.setattr(executors, "run_in_subprocess", fake_run)
     held = try_lock(planned[0].record)  # "another process" runs seed 0
     box = {}
     worker = threading.Thread(target=lambda: box.update(out=sweep_mod.run_sweep(planned, results, progress=False)))
@@ -304,7 +312,7 @@ def test_a_done_config_the_caller_marks_not_done_is_rerun(tiny_model_dir, tmp_pa
         _write_ok(results, cfg)
         return 0
 
-    monkeypatch.setattr(sweep_mod, "run_in_subprocess", fake_run)
+    monkeypatch.setattr(executors, "run_in_subprocess", fake_run)
     sweep_mod.run_sweep(sweep_mod.plan(requests, results), results, progress=False)
     [done] = sweep_mod.plan(requests, results)
     assert done.done
@@ -328,8 +336,9 @@ def test_run_refuses_a_config_another_process_is_running(tiny_model_dir, tmp_pat
 
 def _write_ok(results: Path, cfg) -> None:
     """What a finished run leaves: the smallest record load_record accepts as ok."""
-    rec = {"schema_version": SCHEMA_VERSION, "status": "ok", "config": {"config_hash": cfg.config_hash}}
-    write_record(record_path(results, cfg.task, cfg.method, cfg.config_hash), {**rec, "metrics": {}, "params": {}})
+    rec = RunRecord.start(cfg, DataInfo(cfg.data, cfg.data_hash, 1, {"validation": 1}), "accuracy", 1)
+    rec = rec.finish({"accuracy": 0.5}, [], Params(0, 0, 0, 0), Perf(), [], {})
+    write_record(record_path(results, cfg.task, cfg.method, cfg.config_hash), rec)
 
 
 # --- runs that fail -----------------------------------------------------------------------------------------
@@ -368,13 +377,13 @@ def test_diverging_and_crashing_runs_are_recorded_and_the_sweep_goes_on(plugins,
     argv.remove("--no-leaderboard")
     assert main(argv) == 1
     out, err = capsys.readouterr()
-    inf = load_record(_record(tiny_model_dir, results, 0, "max_steps=4", method="infloss")).data
-    assert inf["status"] == "failed" and inf["diagnostics"]["diverged_at_step"] == 2
-    assert "training diverged at step 2" in inf["error"] and "extra loss inf" in inf["error"]
-    boom = load_record(_record(tiny_model_dir, results, 0, "max_steps=4", method="boom")).data
-    assert boom["status"] == "failed"
-    assert boom["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 20.00 GiB"
-    assert "on_step_end" in boom["traceback"]
+    inf = load_record(_record(tiny_model_dir, results, 0, "max_steps=4", method="infloss")).record
+    assert inf.status == "failed" and inf.diagnostics["diverged_at_step"] == 2
+    assert "training diverged at step 2" in inf.error and "extra loss inf" in inf.error
+    boom = load_record(_record(tiny_model_dir, results, 0, "max_steps=4", method="boom")).record
+    assert boom.status == "failed"
+    assert boom.error == "RuntimeError: CUDA out of memory. Tried to allocate 20.00 GiB"
+    assert "on_step_end" in boom.traceback
     assert load_record(_record(tiny_model_dir, results, 0, "max_steps=4")).ok  # the sweep went on
     assert "2 run(s) failed" in err and "boom seed 0: RuntimeError: CUDA out of memory" in err
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
@@ -387,10 +396,10 @@ def test_loss_overflow_from_a_huge_learning_rate_is_recorded(tiny_model_dir, tmp
     argv = ["run", "--task", "sst2", "--method", "lora", "--model", str(tiny_model_dir), "--results",
             str(tmp_path), "--quiet", *_sets("max_steps=4", "lr=1e30")]  # fmt: skip
     assert main(argv) == 1
-    rec = load_record(_record(tiny_model_dir, tmp_path, 0, "max_steps=4", "lr=1e30")).data
-    step = rec["diagnostics"]["diverged_at_step"]
-    assert rec["status"] == "failed" and 0 <= step < 4
-    assert rec["error"].startswith(f"training diverged at step {step}: loss is")
+    rec = load_record(_record(tiny_model_dir, tmp_path, 0, "max_steps=4", "lr=1e30")).record
+    step = rec.diagnostics["diverged_at_step"]
+    assert rec.status == "failed" and 0 <= step < 4
+    assert rec.error.startswith(f"training diverged at step {step}: loss is")
     assert "run failed: training diverged" in capsys.readouterr().err
 
 
@@ -406,7 +415,7 @@ def test_a_run_process_that_dies_is_reported_and_the_sweep_goes_on(tiny_model_di
         _write_ok(results, cfg)
         return 0
 
-    monkeypatch.setattr(sweep_mod, "run_in_subprocess", oom_killed_then_fine)
+    monkeypatch.setattr(executors, "run_in_subprocess", oom_killed_then_fine)
     out = sweep_mod.run_sweep(planned, results, progress=False)
     assert out.ran == 2 and out.failed == ["sst2/lora seed 0: run process killed by SIGKILL (out of memory?)"]
 
@@ -439,7 +448,7 @@ def test_corrupt_and_old_schema_records_are_reported_set_aside_and_rerun(tiny_mo
 
     assert main([*argv, "--dry-run"]) == 0
     table = capsys.readouterr().out
-    assert "unreadable record" in table and "schema_version 0, this peftbench reads 1" in table
+    assert "unreadable record" in table and "schema_version 0, this peftbench reads [1, 2]" in table
 
     assert main(argv) == 0
     assert all(load_record(r).ok for r in recs)
@@ -466,9 +475,9 @@ def test_records_of_another_shape_are_reported_not_misread(change, problem, tmp_
 
     path = tmp_path / "runs" / "sst2" / "lora" / "0123456789abcdef.json"
     rec = {"schema_version": SCHEMA_VERSION, "status": "ok", "config": {"task": "sst2"}, "metrics": {}, "params": {}}
-    write_record(path, {**rec, **change})
+    atomic_write_text(path, json.dumps({**rec, **change}))
     loaded = load_record(path)
-    assert loaded.data is None and problem in loaded.problem and not loaded.ok
+    assert loaded.record is None and problem in loaded.problem and not loaded.ok
     assert runs_frame(tmp_path).empty
 
 
@@ -505,7 +514,7 @@ def test_progress_names_every_run_in_flight(tiny_model_dir, tmp_path, monkeypatc
         _write_ok(results, cfg)
         return 0
 
-    monkeypatch.setattr(sweep_mod, "run_in_subprocess", fake_run)
+    monkeypatch.setattr(executors, "run_in_subprocess", fake_run)
     out = sweep_mod.run_sweep(sweep_mod.plan(requests, results), results, jobs=2, progress=True)
     assert out.ran == 3 and not out.failed
     err = capsys.readouterr().err

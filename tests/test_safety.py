@@ -16,10 +16,10 @@ import torch
 
 from peftbench import registry
 from peftbench.adapters.base import ApplyPlan
-from peftbench.config import canonical_json, parse_value, run_config_from_dict
+from peftbench.config import canonical_json, parse_value
 from peftbench.errors import UsageError
-from peftbench.harness.sweep import driver as sweep_mod
 from peftbench.harness.cli import main
+from peftbench.harness.sweep import driver as sweep_mod
 from peftbench.records import load_record
 
 PACKAGE = Path(__file__).resolve().parents[1] / "peftbench"
@@ -135,7 +135,7 @@ def test_records_are_json_only_a_pickle_is_reported_not_run(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_bytes(pickle.dumps(_Evil(sentinel)))
     rec = load_record(path)
-    assert rec.data is None and rec.problem.startswith("unreadable record")
+    assert rec.record is None and rec.problem.startswith("unreadable record")
     assert runs_frame(tmp_path).empty
     assert not sentinel.exists()
 
@@ -175,12 +175,12 @@ def test_save_adapter_writes_safetensors_that_restore_the_trained_model(tiny_mod
     [path] = (tmp_path / "runs" / "stsb" / "lora").glob("*.json")
     weights = path.with_suffix(".adapter.safetensors")
     assert f"weights {weights.name}" in capsys.readouterr().out
-    data = load_record(path).data
-    assert data["adapter_file"] == weights.name
+    rec = load_record(path).record
+    assert rec.adapter_file == weights.name
     with safe_open(str(weights), "pt") as f:
         assert f.metadata()["config_hash"] == path.stem and f.metadata()["method"] == "lora"
 
-    cfg = run_config_from_dict(data["config"]["_resolved"])
+    cfg = rec.config
     task = registry.tasks.get("stsb")
 
     def fresh_model():

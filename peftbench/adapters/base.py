@@ -134,11 +134,19 @@ class Adapter(ABC):
     """A fine-tuning method. One instance per run; it may keep state (AdaLoRA's allocator) between hooks."""
 
     name: ClassVar[str]
+    # How tables and reports spell it ("LoRA"); the registry name when unset.
+    display_name: ClassVar[str] = ""
     config_cls: ClassVar[type]
     # Learning rate used when the user sets none; part of the resolved (hashed) config.
     default_lr: ClassVar[float] = 1e-3
     # False for the unbudgeted reference (full fine-tuning).
     budgeted: ClassVar[bool] = True
+    # True for the method others are compared with at the same budget (LoRA): reports and perf pick it by this.
+    is_reference: ClassVar[bool] = False
+    # `peftbench perf`: the step time this method should stay within, as a multiple of the frozen model's (the
+    # floor); None sets no target. `perf_note` says where its time over the floor goes, for a missed target.
+    perf_floor_limit: ClassVar[float | None] = None
+    perf_note: ClassVar[str] = ""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -177,6 +185,20 @@ class Adapter(ABC):
     def for_budget(cls, targets: list[TargetMatrix], budget: int, base: Any) -> BudgetSolution:
         """Solve this method's hyper-parameters so its adapter count meets `budget`."""
         raise BudgetError(f"method {cls.name!r} takes no budget; drop --budget for it")
+
+    @classmethod
+    def peft_twin(cls, config: Any, target_modules: str, task_type: str, total_steps: int) -> PeftTwin | None:
+        """The same method as peft builds it (for perf's side-by-side and its Trainer peer), or None where peft
+        has no such method. `target_modules` is a regex of the exact module names this method adapts."""
+        return None
+
+
+@dataclass(frozen=True)
+class PeftTwin:
+    """A peft config equal to one of our methods' configs, and what peft needs after each optimizer step."""
+
+    config: Any
+    on_step_end: Any = None  # (peft_model, step) -> None
 
 
 def config_replace(config: Any, **changes: Any) -> Any:

@@ -146,8 +146,16 @@ class DoraAdapter(LoraAdapter):
     """LoRA's adapter with DoRA layers; merge is inherited (it calls each layer's own merge)."""
 
     name = "dora"
+    display_name = "DoRA"
     config_cls = DoraConfig
     default_lr = 1e-3
+    is_reference = False
+    peft_use_dora = True
+    perf_floor_limit = 1.12
+    perf_note = (
+        "As LoRA, plus the magnitude's two passes: g * h + b in forward and the column sums of dy * h in "
+        "backward. Folding g into W' (one GEMM) would need h back from the output, i.e. a division by g."
+    )
 
     def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
         c = self.config

@@ -16,6 +16,7 @@ class FullConfig:
 
 class FullAdapter(Adapter):
     name = "full"
+    display_name = "full FT"
     config_cls = FullConfig
     default_lr = 5e-5
     budgeted = False

@@ -16,6 +16,7 @@ from peftbench.adapters.base import (
     Adapter,
     ApplyPlan,
     BudgetSolution,
+    PeftTwin,
     TargetMatrix,
     config_replace,
     find_targets,
@@ -278,8 +279,30 @@ def max_rank(targets: list[TargetMatrix]) -> int:
 
 class LoraAdapter(Adapter):
     name = "lora"
+    display_name = "LoRA"
     config_cls = LoraConfig
     default_lr = 1e-3
+    is_reference = True
+    peft_use_dora = False  # DoRA is LoRA's layer with a magnitude: peft's LoraConfig(use_dora=True)
+    perf_floor_limit = 1.05
+    perf_note = (
+        "The extra time over the floor is the thin GEMMs that give A and B their gradients (dy^T (x A^T) and "
+        "(dy B)^T x, plus x A^T in forward where it is not folded into the main GEMM): each reads a tokens x d "
+        "activation once and is bound by memory bandwidth on CPU, not by arithmetic. Closing the rest needs a "
+        "kernel that produces them while the main GEMM streams the same rows, or x A^T shared by query, key and "
+        "value (they read the same input)."
+    )
+
+    @classmethod
+    def peft_twin(cls, config: LoraConfig, target_modules: str, task_type: str, total_steps: int) -> PeftTwin:
+        import peft
+
+        return PeftTwin(
+            peft.LoraConfig(
+                r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, use_rslora=config.rslora,
+                use_dora=cls.peft_use_dora, target_modules=target_modules, task_type=task_type,
+            )
+        )  # fmt: skip
 
     def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
         c = self.config

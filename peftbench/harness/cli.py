@@ -169,16 +169,15 @@ def cmd_run(args) -> int:
     finally:
         if lock is not None:
             release_lock(lock)
-    if rec["status"] != "ok":
-        print(f"run failed: {rec['error']} (record: {rec['_path']})", file=sys.stderr)
+    if not rec.ok:
+        print(f"run failed: {rec.error} (record: {rec.path})", file=sys.stderr)
         return 1
-    m = rec["metrics"]
-    p = rec["params"]
+    m, p = rec.metrics, rec.params
     print(
-        f"{cfg.task}/{cfg.method} seed {cfg.seed}: {m['primary_name']} = {m['primary']:.4f}; "
-        f"adapter params {p['adapter']:,}, trainable {p['trainable']:,}; "
-        f"{rec['perf']['train_seconds']:.1f} s; record {rec['_path']}"
-        + (f"; weights {rec['adapter_file']}" if rec.get("adapter_file") else "")
+        f"{cfg.task}/{cfg.method} seed {cfg.seed}: {m.primary_name} = {m.primary:.4f}; "
+        f"adapter params {p.adapter:,}, trainable {p.trainable:,}; "
+        f"{rec.perf.train_seconds:.1f} s; record {rec.path}"
+        + (f"; weights {rec.adapter_file}" if rec.adapter_file else "")
     )
     return 0
 

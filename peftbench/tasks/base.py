@@ -68,6 +68,16 @@ class TaskSpec:
     # as each row costs several 384-token windows). Applied over the profile, under --set.
     profile_overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     description: str = ""
+    # The local evaluate module (a directory under tasks/metrics/) and its config; None: the task's name.
+    metric_module: str = ""
+    metric_config: str | None = None
+    # Tables show metrics times this (GLUE's convention is percent; SQuAD's metrics already are).
+    metric_scale: float = 1.0
+    # How `train_rows`/`eval_rows` cut the data: "random" (a fixed subset, the same for every seed and method) or
+    # "head" (the first rows, e.g. to keep a paragraph's questions together).
+    subset: str = "random"
+    # False where one row becomes several features (SQuAD's windows): the step count is known only after featurising.
+    one_feature_per_row: bool = True
 
     def profile_settings(self, profile: str) -> dict[str, Any]:
         return dict(dict(self.profile_overrides).get(profile, ()))

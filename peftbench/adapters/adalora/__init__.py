@@ -18,13 +18,14 @@ from peftbench.adapters.adalora.allocator import (
     planned_count,
     solve_budget,
 )
-from peftbench.adapters.adalora.config import AdaLoraConfig, Schedule, resolve_schedule
+from peftbench.adapters.adalora.config import AdaLoraConfig, Schedule, resolve_schedule, resolve_steps
 from peftbench.adapters.adalora.layer import AdaLoraLinear, orth_penalty
 from peftbench.adapters.base import (
     Adapter,
     ApplyPlan,
     BudgetSolution,
     ParamReport,
+    PeftTwin,
     TargetMatrix,
     count_params,
     find_targets,
@@ -42,6 +43,7 @@ MAX_CURVE_POINTS = 200
 
 class AdaLoraAdapter(Adapter):
     name = "adalora"
+    display_name = "AdaLoRA"
     config_cls = AdaLoraConfig
     # Why higher than LoRA's 1e-3: lambda starts at zero and P, Q at N(0, 0.02), so the update is a product of
     # three factors that each move about lr per Adam step; at 2e-3 a one-epoch run ends short of LoRA. Measured
@@ -49,6 +51,27 @@ class AdaLoraAdapter(Adapter):
     # (LoRA 81.4). alpha 32 and gamma 0.1 (not peft's 8 and 0.5) keep the regulariser from dominating the
     # first steps' loss, as seen with peft's defaults, which stayed at chance.
     default_lr = 4e-3
+    perf_floor_limit = 1.08
+    perf_note = (
+        "As LoRA at rank init_r, plus the importance update (a few elementwise ops on every P, lambda, Q after "
+        "each step) and the orthogonal regulariser's Gram matrices."
+    )
+
+    @classmethod
+    def peft_twin(cls, config: AdaLoraConfig, target_modules: str, task_type: str, total_steps: int):
+        if config.target_budget is not None:
+            return None  # peft's allocator knows a rank per matrix, not a parameter budget
+        import peft
+
+        steps = {k: resolve_steps(getattr(config, k), total_steps) for k in ("t_init", "t_final", "delta_t")}
+        twin = peft.AdaLoraConfig(
+            init_r=config.init_r, target_r=config.target_r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+            tinit=steps["t_init"], tfinal=steps["t_final"], deltaT=steps["delta_t"], beta1=config.beta1,
+            beta2=config.beta2, orth_reg_weight=config.orth_reg_weight, total_step=total_steps,
+            target_modules=target_modules, task_type=task_type,
+        )  # fmt: skip
+        # peft adds its regulariser inside the model's forward; its allocator is this step hook.
+        return PeftTwin(twin, lambda model, step: model.base_model.update_and_allocate(step))
 
     def __init__(self, config: AdaLoraConfig) -> None:
         super().__init__(config)

@@ -1,6 +1,6 @@
 """`peftbench perf`: speed and memory of every method side by side, measured in one process, written to
-results/perf/<device>.md. The steps benchmark lives in perf_steps.py (its memory and profile tools in
-perf_profile.py), whole runs in perf_e2e.py, the report in perf_report.py; this module holds the command and
+results/perf/<device>.md. The steps benchmark lives in steps.py (its memory and profile tools in
+profile.py), whole runs in e2e.py, the report in report.py; this module holds the command and
 imports nothing heavy until it runs."""
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def add_subcommand(sub) -> None:
         choices=MODEL_CONFIGS,
         help="build a randomly initialised model of this size from a BertConfig (no download; overrides --model)",
     )
-    p.add_argument("--methods", type=names, default=["full", "lora", "dora", "adalora"], help="any of these four")
+    p.add_argument(
+        "--methods", type=names, default=None, help="registered methods to time (default: every registered method)"
+    )
     p.add_argument("--shapes", type=names, default=list(SHAPES), help="fixed (32x128), sst2, mnli")
     p.add_argument("--sections", type=names, default=list(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
     p.add_argument(
@@ -80,10 +82,10 @@ def _check(args) -> None:
         raise UsageError(f"unknown perf section {bad[0]!r}; choose from {', '.join(SECTIONS)}")
     from peftbench import registry
 
+    if args.methods is None:
+        args.methods = registry.adapters.names()
     for m in args.methods:
         registry.adapters.get(m)  # an unknown name raises a UsageError listing close matches
-        if m not in ("full", "lora", "dora", "adalora"):
-            raise UsageError(f"perf knows how to benchmark full, lora, dora and adalora, not {m!r}")
     if args.warmup is not None and args.warmup < 1:
         raise UsageError(f"perf --warmup must be >= 1, got {args.warmup}")
     if args.steps is not None and args.steps < 1:
@@ -144,7 +146,6 @@ def command_line(args) -> str:
 
 def cmd_perf(args) -> int:
     _check(args)
-    import contextlib
     import importlib.util
     import tempfile
     import time
@@ -153,7 +154,7 @@ def cmd_perf(args) -> int:
     import torch
     import transformers
 
-    from peftbench.harness.perf import report
+    from peftbench.harness.perf import report as perf_report
 
     device = _device(args.device)
     warmup, steps = DEFAULT_STEPS[device.type]
@@ -169,12 +170,11 @@ def cmd_perf(args) -> int:
     args.threads = args.threads if args.threads is not None else 0
     with_peft = not args.no_peft and importlib.util.find_spec("peft") is not None
     transformers.logging.set_verbosity_error()
-    if device.type == "cuda":
+    from accelerate import Accelerator
 
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-    else:
-        autocast = contextlib.nullcontext
+    # The step benchmark takes the harness's own step, so it needs the accelerator a run would have.
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if device.type == "cuda" else "no")
+    autocast = accelerator.autocast
     started = datetime.now(timezone.utc)
     cpu0 = time.process_time()
     with tempfile.TemporaryDirectory(prefix="peftbench-perf-model-") as tmp:
@@ -184,7 +184,7 @@ def cmd_perf(args) -> int:
         model_ref = resolve_model(model_name)
         data = {"steps": {}, "e2e": {}, "profiles": {}}
         if "steps" in args.sections:
-            data["steps"], data["profiles"], data["model"] = _run_steps(args, model_ref, device, autocast, with_peft)
+            data["steps"], data["profiles"], data["model"] = _run_steps(args, model_ref, device, accelerator, with_peft)
         e2e_sections = {s for s in args.sections if s != "steps"}
         if e2e_sections:
             from peftbench.harness.perf.e2e import run_e2e
@@ -207,7 +207,7 @@ def cmd_perf(args) -> int:
     return 0
 
 
-def _run_steps(args, model_ref, device, autocast, with_peft):
+def _run_steps(args, model_ref, device, accelerator, with_peft):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -223,7 +223,7 @@ def _run_steps(args, model_ref, device, autocast, with_peft):
         "layers": base.config.num_hidden_layers,
         "hidden": base.config.hidden_size,
     }
-    runs = ps.build_methods(base, args.methods, with_peft, device, autocast)
+    runs = ps.build_methods(base, args.methods, with_peft, device, accelerator)
     peak = _peak_flops(args, device)
     results, profiles = {}, {}
     for k, shape in enumerate(args.shapes):

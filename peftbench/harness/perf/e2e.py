@@ -3,11 +3,8 @@ harness against a bare loop doing the same steps, and peftbench against HF Train
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import math
-import random
 import tempfile
 import time
 from contextlib import contextmanager
@@ -21,7 +18,8 @@ import torch
 from peftbench import registry
 from peftbench.adapters.base import ApplyPlan
 from peftbench.config import DEFAULT_TARGETS, ModelRef
-from peftbench.harness.run.data import SAMPLE_ROOT
+from peftbench.errors import UsageError
+from peftbench.harness.run.data import load_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +39,15 @@ class E2EConfig:
     warmup_ratio: float = field(default=0.06, metadata={"help": "linear warm-up, as a fraction of the steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
 
+    method: str = field(default="", metadata={"help": "the method (default: the reference method, LoRA)"})
+
+    def __post_init__(self) -> None:
+        if not self.method:
+            object.__setattr__(self, "method", reference_method())
+
     @property
     def lr(self) -> float:
-        return registry.adapters.get("lora").default_lr
+        return registry.adapters.get(self.method).default_lr
 
     def sets(self, **extra: Any) -> tuple[str, ...]:
         base = {
@@ -98,34 +102,38 @@ def harness_run(model: str, cfg: E2EConfig, tmp: Path, **extra: Any) -> dict[str
 
     results = tmp / f"results-{time.monotonic_ns()}"
     with _fresh_caches(tmp), _stopwatch() as wall:
-        requests = expand([TASK], ["lora"], [], [cfg.seed], model=model, data="sample", sets=cfg.sets(**extra))
+        requests = expand([TASK], [cfg.method], [], [cfg.seed], model=model, data="sample", sets=cfg.sets(**extra))
         planned = plan(requests, results)
         outcome = run_sweep(planned, results, executor="inline", progress=False)
-    rec = load_record(planned[0].record).data or {}
-    if outcome.failed or rec.get("status") != "ok":
-        raise RuntimeError(f"perf: the harness run failed: {outcome.failed or rec.get('error')}")
-    perf = rec["perf"]
+    loaded = load_record(planned[0].record)
+    if outcome.failed or not loaded.ok:
+        raise RuntimeError(f"perf: the harness run failed: {outcome.failed or loaded.problem}")
+    rec = loaded.record
     return {
         "wall_s": wall["s"],
         "cpu_s": wall["cpu"],
-        "train_s": perf["train_seconds"],
-        "train_cpu_s": perf["train_cpu_seconds"],
-        "steps": rec["train"]["total_steps"],
-        "train_tokens": perf["train_tokens"],
-        "accuracy": rec["metrics"]["primary"],
+        "train_s": rec.perf.train_seconds,
+        "train_cpu_s": rec.perf.train_cpu_seconds,
+        "steps": rec.train.total_steps,
+        "train_tokens": rec.perf.train_tokens,
+        "accuracy": rec.metrics.primary,
     }
+
+
+def reference_method() -> str:
+    """The method every other is compared with (Adapter.is_reference; LoRA among the built-ins)."""
+    found = [n for n in registry.adapters.names() if registry.adapters.get(n).is_reference]
+    if not found:
+        raise UsageError("no registered method is marked as the reference (Adapter.is_reference)")
+    return found[0]
 
 
 # --- the bare loop ------------------------------------------------------------------------------------------
 
 
 def _read_rows(split: str, limit: int) -> list[dict]:
-    path = SAMPLE_ROOT / "glue" / TASK / f"{split}.jsonl.gz"
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    if limit and limit < len(rows):
-        rows = [rows[i] for i in sorted(random.Random(0).sample(range(len(rows)), limit))]
-    return rows
+    # The harness's own fixed subset, so the bare loop and Trainer see the rows a run sees.
+    return load_rows(registry.tasks.get(TASK), "sample", split, limit)
 
 
 def _pad(seqs: list[list[int]], fill: int) -> torch.Tensor:
@@ -151,7 +159,7 @@ def bare_loop(model_ref: ModelRef, cfg: E2EConfig, device: torch.device, autocas
             model_ref.path, revision=model_ref.revision, num_labels=2
         )
         steps = math.ceil(len(train_rows) / cfg.batch_size)
-        cls = registry.adapters.get("lora")
+        cls = registry.adapters.get(cfg.method)
         model = cls(cls.config_cls()).apply(model, ApplyPlan(steps, DEFAULT_TARGETS)).to(device).train()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -230,11 +238,13 @@ def trainer_run(model_ref: ModelRef, cfg: E2EConfig, device: torch.device, tmp: 
         model = AutoModelForSequenceClassification.from_pretrained(
             model_ref.path, revision=model_ref.revision, num_labels=2
         )
-        lcfg = peft.LoraConfig(
-            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=peft_target_regex(model, DEFAULT_TARGETS),
-            task_type="SEQ_CLS",
-        )  # fmt: skip
-        model = peft.get_peft_model(model, lcfg)
+        cls = registry.adapters.get(cfg.method)
+        twin = cls.peft_twin(
+            cls.config_cls(), peft_target_regex(model, DEFAULT_TARGETS), "SEQ_CLS", math.ceil(cfg.rows / cfg.batch_size)
+        )
+        if twin is None:
+            raise UsageError(f"perf: method {cfg.method!r} has no peft twin for the Trainer run; use --no-peft")
+        model = peft.get_peft_model(model, twin.config)
         args = TrainingArguments(
             output_dir=str(tmp / "trainer"), per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.eval_batch_size, learning_rate=cfg.lr, num_train_epochs=1,

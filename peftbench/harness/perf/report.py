@@ -11,29 +11,14 @@ from typing import Any
 
 from peftbench.records import atomic_write_text
 
-# Step-time targets (x the frozen-model floor) and the native / peft ceiling, for the fixed 32 x 128 shape.
-FLOOR_LIMITS = {"lora": 1.05, "dora": 1.12, "adalora": 1.08}
+# Native / peft step-time ceiling for the fixed 32 x 128 shape; each method's floor target is its own
+# (Adapter.perf_floor_limit).
 PEFT_LIMIT = 0.95
 SHAPE_TITLES = {
     "fixed": "fixed shape, batch {b} x {l} tokens",
     "sst2": "SST-2 sample batches (length-grouped, as the harness batches them)",
     "mnli": "MNLI sample batches (length-grouped, as the harness batches them)",
 }
-# What would close a missed step target, from profiling these layers (see lora.low_rank_linear).
-CLOSE_IT = {
-    "lora": "The extra time over the floor is the thin GEMMs that give A and B their gradients (dy^T (x A^T) and "
-    "(dy B)^T x, plus x A^T in forward where it is not folded into the main GEMM): each reads a tokens x d "
-    "activation once and is bound by memory bandwidth on CPU, not by arithmetic. Closing the rest needs a "
-    "kernel that produces them while the main GEMM streams the same rows, or x A^T shared by query, key and "
-    "value (they read the same input).",
-    "dora": "As LoRA, plus the magnitude's two passes: g * h + b in forward and the column sums of dy * h in "
-    "backward. Folding g into W' (one GEMM) would need h back from the output, i.e. a division by g.",
-    "adalora": "As LoRA at rank 12 (init_r), plus the importance update (a few elementwise ops on every P, "
-    "lambda, Q after each step) and the orthogonal regulariser's Gram matrices.",
-    "full": "",
-}
-
-
 # What a miss of the other targets means and what would close it (keyed by the target's first words).
 WHY_MISSED = {
     "LoRA peak memory": "LoRA keeps the input of every adapted Linear for A's gradient, as full fine-tuning keeps "
@@ -64,15 +49,17 @@ def _row(rows: list[dict], name: str) -> dict | None:
     return next((r for r in rows if r["method"] == name), None)
 
 
+def _limited(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["impl"] == "native" and r.get("floor_limit") is not None]
+
+
 def missed_step_methods(summary: dict, device_type: str) -> list[str]:
     """Native methods over their floor limit or over 0.95x peft's same method."""
-    out = []
-    for r in summary["rows"]:
-        if r["impl"] != "native" or r["family"] not in FLOOR_LIMITS:
-            continue
-        if r["x_floor"] > FLOOR_LIMITS[r["family"]] or (r["x_peft"] is not None and r["x_peft"] > PEFT_LIMIT):
-            out.append(r["method"])
-    return out
+    return [
+        r["method"]
+        for r in _limited(summary["rows"])
+        if r["x_floor"] > r["floor_limit"] or (r["x_peft"] is not None and r["x_peft"] > PEFT_LIMIT)
+    ]
 
 
 def targets(data: dict) -> list[dict[str, Any]]:
@@ -80,21 +67,22 @@ def targets(data: dict) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     fixed = data["steps"].get("fixed") or next(iter(data["steps"].values()), None)
     rows = fixed["rows"] if fixed else []
-    for fam, limit in FLOOR_LIMITS.items():
-        r = _row(rows, fam)
-        v = r["x_floor"] if r else None
-        t = _target(f"native {fam} step <= {limit:.2f}x floor", v, limit, "<=")
-        out.append(dict(t, rounds=r.get("x_floor_rounds") if r else None))
-    for fam in FLOOR_LIMITS:
-        r = _row(rows, fam)
-        v = r["x_peft"] if r else None
-        t = _target(f"native {fam} step <= {PEFT_LIMIT}x peft {fam}", v, PEFT_LIMIT, "<=")
-        out.append(dict(t, rounds=r.get("x_peft_rounds") if r else None))
-    lora, full = _row(rows, "lora"), _row(rows, "full")
+    for r in _limited(rows):
+        limit = r["floor_limit"]
+        t = _target(f"native {r['method']} step <= {limit:.2f}x floor", r["x_floor"], limit, "<=")
+        out.append(dict(t, rounds=r.get("x_floor_rounds")))
+    for r in _limited(rows):
+        if r["x_peft"] is None:
+            continue
+        t = _target(f"native {r['method']} step <= {PEFT_LIMIT}x peft {r['method']}", r["x_peft"], PEFT_LIMIT, "<=")
+        out.append(dict(t, rounds=r.get("x_peft_rounds")))
+    ref = next((r for r in rows if r.get("reference")), None)
+    full = next((r for r in rows if r.get("trains_base") and r["impl"] == "native"), None)
     mem = None
-    if lora and full and lora["peak_bytes"] and full["peak_bytes"]:
-        mem = lora["peak_bytes"] / full["peak_bytes"]
-    out.append(_target("LoRA peak memory <= full FT's (ratio)", mem, 1.0, "<="))
+    if ref and full and ref["peak_bytes"] and full["peak_bytes"]:
+        mem = ref["peak_bytes"] / full["peak_bytes"]
+    name = ref["display"] if ref else "the reference method"
+    out.append(_target(f"{name} peak memory <= {full['display'] if full else 'full FT'}'s (ratio)", mem, 1.0, "<="))
     e2e = data["e2e"]
     cpu = data.get("device") == "cpu"
     train, run = ("train_cpu_s", "cpu_s") if cpu else ("train_s", "wall_s")
@@ -226,9 +214,11 @@ def _profiles(data: dict) -> list[str]:
         md += ["| op | ms | floor ms | calls | floor calls |", "|---|---|---|---|---|"]
         for o in ops:
             md.append(f"| `{o['op']}` | {o['ms']:.1f} | {o['floor_ms']:.1f} | {o['calls']} | {o['floor_calls']} |")
-        fam = name.split()[-1]
-        if CLOSE_IT.get(fam):
-            md += ["", f"What would close it: {CLOSE_IT[fam]}"]
+        from peftbench import registry
+
+        note = registry.adapters.get(name.split()[-1]).perf_note
+        if note:
+            md += ["", f"What would close it: {note}"]
     return md
 
 

@@ -22,31 +22,33 @@ import torch
 from torch import nn
 
 from peftbench import registry
-from peftbench.adapters.base import ApplyPlan, find_targets
+from peftbench.adapters.base import ApplyPlan, count_params, find_targets
 from peftbench.config import DEFAULT_TARGETS
 from peftbench.harness.perf.profile import PeakAllocated
+from peftbench.harness.run.train import Stepper
 
 log = logging.getLogger(__name__)
 
-# AdaLoRA's schedule in these steps: long enough that the timed steps sit in the budget-decay phase
-# (importance update every step, a re-allocation every delta_t = 10 steps), as in the middle of a real run.
-ADALORA_TOTAL_STEPS = 1000
-ADALORA_FIRST_STEP = 101  # just past t_init = 0.1 x 1000
-PEFT_FAMILIES = ("lora", "dora", "adalora")
+# The schedule every method is built for, and the step the timed steps start from: past t_init = 0.1 x 1000, so a
+# method with a schedule (AdaLoRA) is in its budget-decay phase (importance update every step, a re-allocation
+# every delta_t steps), as in the middle of a real run. Methods without one ignore both.
+TOTAL_STEPS = 1000
+FIRST_STEP = 101
 
 
 @dataclass
 class MethodRun:
     """One row of the step benchmark: a model, its optimizer and how one training step is taken."""
 
-    name: str  # "floor", "full", "lora", "peft lora", ...
-    family: str  # "floor", "full", "lora", "dora", "adalora"
+    name: str  # "floor", a registry name, or "peft <name>"
+    method: str  # the registry name ("floor" for the frozen-model floor)
     impl: str  # "floor", "native", "peft"
     model: nn.Module
     step_fn: Callable[[dict[str, torch.Tensor], int], None]
     own_bytes: int
     adapter_flops_per_token: int = 0  # forward FLOPs of the adapter branches, per token
-    steps_taken: int = 0  # across shapes, so AdaLoRA's hook sees a run's step counter move on
+    trains_base: bool = False  # the encoder's own weights get gradients (full fine-tuning)
+    steps_taken: int = FIRST_STEP  # across shapes, so a method's hook sees a run's step counter move on
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     peak_bytes: int | None = None
@@ -74,27 +76,28 @@ def _adapter_flops(model: nn.Module, targets: tuple[str, ...], rank: int) -> int
 # --- the methods ----------------------------------------------------------------------------------------------
 
 
-def _train_step(model, optimizer, autocast, extra_loss=None, hook=None, step_offset: int = 0):
-    params = [p for p in model.parameters() if p.requires_grad]
+class _PeftHooks:
+    """peft's side of the step: its regulariser is inside the model's forward, its allocator a step hook."""
 
-    # The harness's step (train.py): forward, extra loss, backward, clip, optimizer, adapter hook, zero_grad.
-    def step(batch: dict[str, torch.Tensor], i: int) -> None:
-        with autocast():
-            out = model(**batch)
-            loss = out.loss
-            extra = extra_loss(model) if extra_loss is not None else None
-            total = loss if extra is None else loss + extra
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        if hook is not None:
-            hook(model, step_offset + i)
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, on_step_end) -> None:
+        self._on_step_end = on_step_end
 
-    return step
+    def extra_loss(self, model: nn.Module) -> None:
+        return None
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        if self._on_step_end is not None:
+            self._on_step_end(model, step)
 
 
-def _floor_step(model, autocast):
+def _step(model: nn.Module, hooks, lr: float, accelerator) -> Callable[[dict[str, torch.Tensor], int], None]:
+    """The harness's own training step (run.train.Stepper) on one batch."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    stepper = Stepper(model, hooks, opt, accelerator, max_grad_norm=1.0)
+    return lambda batch, i: stepper([batch], i)
+
+
+def _floor_step(model, accelerator):
     embed = model.get_input_embeddings()
 
     # What any adapter on every layer must at least pay: the same forward, and a backward carrying input
@@ -102,7 +105,7 @@ def _floor_step(model, autocast):
     def step(batch: dict[str, torch.Tensor], i: int) -> None:
         emb = embed(batch["input_ids"]).detach().requires_grad_(True)
         rest = {k: v for k, v in batch.items() if k != "input_ids"}
-        with autocast():
+        with accelerator.autocast():
             out = model(inputs_embeds=emb, **rest)
         out.loss.backward()
 
@@ -110,61 +113,36 @@ def _floor_step(model, autocast):
 
 
 def build_methods(
-    base: nn.Module, families: list[str], with_peft: bool, device: torch.device, autocast
+    base: nn.Module, methods: list[str], with_peft: bool, device: torch.device, accelerator
 ) -> list[MethodRun]:
+    """The floor, each method as built by its adapter, and (with_peft) each method's peft twin where it has one."""
     runs: list[MethodRun] = []
     floor = copy.deepcopy(base).to(device).train()
     floor.requires_grad_(False)
-    runs.append(MethodRun("floor", "floor", "floor", floor, _floor_step(floor, autocast), storage_bytes(floor)))
-    plan = ApplyPlan(total_steps=ADALORA_TOTAL_STEPS, targets=DEFAULT_TARGETS)
-    for fam in families:
-        cls = registry.adapters.get(fam)
+    runs.append(MethodRun("floor", "floor", "floor", floor, _floor_step(floor, accelerator), storage_bytes(floor)))
+    plan = ApplyPlan(total_steps=TOTAL_STEPS, targets=DEFAULT_TARGETS)
+    target = peft_target_regex(base, DEFAULT_TARGETS)
+    twins: list[MethodRun] = []  # after the native rows, as the tables list them
+    for name in methods:
+        cls = registry.adapters.get(name)
         config = cls.config_cls()
         adapter = cls(config)
         model = adapter.apply(copy.deepcopy(base), plan).to(device).train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cls.default_lr)
-        offset = ADALORA_FIRST_STEP if fam == "adalora" else 0
-        step = _train_step(model, opt, autocast, adapter.extra_loss, adapter.on_step_end, offset)
-        rank = getattr(config, "init_r", getattr(config, "r", 0))  # AdaLoRA computes at its initial rank
-        runs.append(
-            MethodRun(fam, fam, "native", model, step, storage_bytes(model), _adapter_flops(base, plan.targets, rank))
-        )
-    if with_peft:
-        runs.extend(_peft_methods(base, [f for f in families if f in PEFT_FAMILIES], device, autocast))
-    return runs
+        report = count_params(model)
+        # Full fine-tuning trains the encoder: its Linear layers pay weight gradients, not adapter branches.
+        trains_base = report.adapter > report.total // 2
+        # Each adapter parameter takes part in one multiply-add per token in forward (LoRA: r (d_in + d_out)).
+        flops = 0 if trains_base else 2 * report.adapter
+        step = _step(model, adapter, cls.default_lr, accelerator)
+        runs.append(MethodRun(name, name, "native", model, step, storage_bytes(model), flops, trains_base))
+        twin = cls.peft_twin(config, target, "SEQ_CLS", TOTAL_STEPS) if with_peft else None
+        if twin is not None:
+            import peft
 
-
-def _peft_methods(base: nn.Module, families: list[str], device: torch.device, autocast) -> list[MethodRun]:
-    import peft
-
-    target = peft_target_regex(base, DEFAULT_TARGETS)
-    runs = []
-    for fam in families:
-        if fam == "adalora":
-            # Same schedule as ours: t_init 0.1, t_final 0.2 of the run, delta_t 10; the regulariser is added to
-            # the loss inside peft's forward, and update_and_allocate is its step hook.
-            cfg = peft.AdaLoraConfig(
-                init_r=12, target_r=8, lora_alpha=32, lora_dropout=0.0, tinit=100, tfinal=200, deltaT=10,
-                total_step=ADALORA_TOTAL_STEPS, orth_reg_weight=0.1, target_modules=target, task_type="SEQ_CLS",
-            )  # fmt: skip
-        else:
-            cfg = peft.LoraConfig(
-                r=8, lora_alpha=16, lora_dropout=0.0, use_dora=fam == "dora", target_modules=target,
-                task_type="SEQ_CLS",
-            )  # fmt: skip
-        model = peft.get_peft_model(copy.deepcopy(base), cfg).to(device).train()
-        lr = registry.adapters.get(fam).default_lr
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-        hook = (lambda m, s: m.base_model.update_and_allocate(s)) if fam == "adalora" else None
-        offset = ADALORA_FIRST_STEP if fam == "adalora" else 0
-        rank = 12 if fam == "adalora" else 8
-        runs.append(
-            MethodRun(
-                f"peft {fam}", fam, "peft", model, _train_step(model, opt, autocast, None, hook, offset),
-                storage_bytes(model), _adapter_flops(base, DEFAULT_TARGETS, rank),
-            )
-        )  # fmt: skip
-    return runs
+            pmodel = peft.get_peft_model(copy.deepcopy(base), twin.config).to(device).train()
+            step = _step(pmodel, _PeftHooks(twin.on_step_end), cls.default_lr, accelerator)
+            twins.append(MethodRun(f"peft {name}", name, "peft", pmodel, step, storage_bytes(pmodel), flops))
+    return runs + twins
 
 
 # --- timing ---------------------------------------------------------------------------------------------------
@@ -266,7 +244,7 @@ def forward_flops(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[int
 def train_flops(run: MethodRun, linear: int, attention: int, tokens: int) -> int:
     """Forward + backward FLOPs of one step: Linear layers 3x forward when their weights train (full), else 2x
     (input gradients only); attention 3x; adapter branches 3x."""
-    k = 3 if run.family == "full" else 2
+    k = 3 if run.trains_base else 2
     return k * linear + 3 * attention + 3 * run.adapter_flops_per_token * tokens
 
 
@@ -288,7 +266,7 @@ def round_ratio(a: list[float], b: list[float]) -> float:
 def summarize(runs: list[MethodRun], batches, timer: str, peak_flops: float | None, base: nn.Module) -> dict[str, Any]:
     """Per-method medians and ratios for one shape."""
     floor = next(r for r in runs if r.impl == "floor")
-    full = next((r for r in runs if r.family == "full"), None)
+    full = next((r for r in runs if r.trains_base), None)
     timed_batches = batches[-len(floor.wall) :] if floor.wall else []
     real_tokens = [int(b["attention_mask"].sum()) for b in timed_batches]
     padded = [b["input_ids"].numel() for b in timed_batches]
@@ -296,11 +274,15 @@ def summarize(runs: list[MethodRun], batches, timer: str, peak_flops: float | No
     rows = []
     for run in runs:
         series = run.cpu if timer == "cpu" else run.wall
-        peft_twin = next((r for r in runs if r.impl == "peft" and r.family == run.family), None)
+        peft_twin = next((r for r in runs if r.impl == "peft" and r.method == run.method), None)
         row: dict[str, Any] = {
             "method": run.name,
             "impl": run.impl,
-            "family": run.family,
+            "family": run.method,
+            "floor_limit": registry.adapters.get(run.method).perf_floor_limit if run.impl == "native" else None,
+            "reference": run.impl == "native" and registry.adapters.get(run.method).is_reference,
+            "trains_base": run.trains_base,
+            "display": registry.adapters.get(run.method).display_name or run.method if run.impl != "floor" else "",
             "wall_ms": 1000 * median(run.wall),
             "cpu_ms": 1000 * median(run.cpu),
             "x_floor": round_ratio(series, floor.cpu if timer == "cpu" else floor.wall),
@@ -316,7 +298,7 @@ def summarize(runs: list[MethodRun], batches, timer: str, peak_flops: float | No
         if run.impl == "native" and peft_twin is not None:
             row["x_peft"] = round_ratio(series, peft_twin.cpu if timer == "cpu" else peft_twin.wall)
             row["x_peft_rounds"] = round_ratios(series, peft_twin.cpu if timer == "cpu" else peft_twin.wall)
-        if full is not None and run.family != "full":
+        if full is not None and run is not full:
             row["x_full"] = round_ratio(series, full.cpu if timer == "cpu" else full.wall)
         if peak_flops:
             flops = [train_flops(run, lin, att, n) for (lin, att), n in zip(shapes, padded, strict=False)]

@@ -178,7 +178,7 @@ def run_suite(
     with one_thread():
         outcome = run_sweep(planned, results, jobs=jobs, executor=executor, progress=progress)
     # The sweep's own account wins: a run that failed now may have left an older ok record behind (--fresh).
-    failed = {p.label: f[len(p.label) + 2 :] for p in planned for f in outcome.failed if f.startswith(p.label + ": ")}
+    failed = outcome.why_failed
     rows: dict[tuple[str, str], RowResult] = {}
     for p in planned:
         c = p.config
@@ -186,13 +186,12 @@ def run_suite(
         row = rows.setdefault(
             (c.task, c.method), RowResult(c.task, c.method, spec.primary_metric, spec.higher_is_better)
         )
-        rec = load_record(p.record)
-        primary = (rec.data or {}).get("metrics", {}).get("primary")
-        if p.label in failed or not rec.ok or primary is None:
-            why = failed.get(p.label) or (rec.data or {}).get("error") or rec.problem or "no primary metric"
+        loaded = load_record(p.record)
+        if c.config_hash in failed or not loaded.ok:
+            why = failed.get(c.config_hash) or (loaded.record and loaded.record.error) or loaded.problem
             row.failed.append(f"seed {c.seed}: {why}")
             continue
-        row.values[c.seed] = float(primary)
+        row.values[c.seed] = float(loaded.record.metrics.primary)
         row.hashes[c.seed] = c.config_hash
     return SuiteRun(rows, outcome.ran, outcome.skipped + outcome.elsewhere)
 

@@ -2,74 +2,74 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import pandas as pd
 from scipy import stats
 
-from peftbench.config import canonical_json
-from peftbench.records import iter_records
+from peftbench.records import Params, Perf, RunRecord, iter_records
 
 # Runs are pooled over seeds only when everything but the seed is the same (the variant), so records made
 # with another profile, data or --set never mix into one mean.
 GROUP = ["task", "method", "budget", "profile", "variant"]
-NO_BUDGET = "-"
 
 
-def _row(data: dict) -> dict:
-    cfg = data.get("config", {})
-    params = data.get("params") or {}
-    perf = data.get("perf") or {}
-    metrics = data.get("metrics") or {}
+def _row(rec: RunRecord) -> dict:
+    cfg, params, perf, metrics = rec.config, rec.params or _NO_PARAMS, rec.perf or Perf(), rec.metrics
     row = {
-        "task": cfg.get("task"),
-        "method": cfg.get("method"),
-        "budget": (cfg.get("budget") or {}).get("spec") or NO_BUDGET,
-        "budget_requested": (cfg.get("budget") or {}).get("requested"),
-        "seed": cfg.get("seed"),
-        "model": (cfg.get("model") or {}).get("id"),
-        "profile": cfg.get("profile") or "-",
-        "variant": _variant(cfg),
-        "status": data.get("status"),
-        "error": data.get("error"),
-        "primary_name": metrics.get("primary_name"),
-        "primary": metrics.get("primary"),
-        "adapter": params.get("adapter"),
-        "adapter_peak": params.get("adapter_peak"),
-        "trainable": params.get("trainable"),
-        "head": params.get("head"),
-        "total": params.get("total"),
-        "samples_per_s": perf.get("train_samples_per_second"),
-        "tokens_per_s": perf.get("train_tokens_per_second"),
-        "peak_memory_bytes": perf.get("peak_memory_bytes"),
-        "step_ms": perf.get("step_time_ms_median"),
-        "train_seconds": perf.get("train_seconds"),
-        "config_hash": cfg.get("config_hash"),
+        "task": cfg.task,
+        "method": cfg.method,
+        "budget": rec.budget_spec,
+        "budget_requested": cfg.budget_requested,
+        "seed": cfg.seed,
+        "model": cfg.model.model_id,
+        "profile": cfg.profile or "-",
+        "variant": rec.variant,
+        "status": rec.status,
+        "error": rec.error,
+        "primary_name": metrics.primary_name,
+        "primary": metrics.primary,
+        "adapter": params.adapter,
+        "adapter_peak": params.adapter_peak,
+        "trainable": params.trainable,
+        "head": params.head,
+        "total": params.total,
+        "samples_per_s": perf.train_samples_per_second,
+        "tokens_per_s": perf.train_tokens_per_second,
+        "peak_memory_bytes": perf.peak_memory_bytes,
+        "step_ms": perf.step_time_ms_median,
+        "train_seconds": perf.train_seconds,
+        "config_hash": rec.config_hash,
     }
-    for k, v in (metrics.get("all") or {}).items():
+    for k, v in metrics.all.items():
         if isinstance(v, (int, float)):
             row[f"metric.{k}"] = float(v)
     return row
 
 
-def _variant(cfg: dict) -> str:
-    resolved = dict(cfg.get("_resolved") or {})
-    resolved.pop("seed", None)
-    if not resolved:  # a record without its resolved config: fall back to what it does say
-        resolved = {k: v for k, v in cfg.items() if k not in ("seed", "config_hash")}
-    return hashlib.sha256(canonical_json(resolved).encode()).hexdigest()[:8]
+_NO_PARAMS = Params(None, None, None, None)  # type: ignore[arg-type]  # a failed run counted nothing
 
 
 def runs_frame(results: Path, include_failed: bool = True) -> pd.DataFrame:
-    rows = [_row(r.data) for r in iter_records(results) if r.data is not None]
+    rows = [_row(r.record) for r in iter_records(results) if r.record is not None]
     df = pd.DataFrame(rows)
     if df.empty:
         return df
     if not include_failed:
         df = df[df["status"] == "ok"]
     return df.reset_index(drop=True)
+
+
+def metric_scale(task: str) -> float:
+    """How tables show a task's metrics (GLUE's fractions as percentages; SQuAD's are already 0-100)."""
+    from peftbench import registry
+    from peftbench.errors import UsageError
+
+    try:
+        return registry.tasks.get(task).metric_scale
+    except UsageError:  # records of a task whose plugin is not installed here: shown as stored
+        return 1.0
 
 
 def ci95(values: pd.Series) -> float:

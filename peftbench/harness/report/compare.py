@@ -25,15 +25,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from peftbench.errors import UsageError
+from peftbench.harness.report.aggregate import metric_scale
 from peftbench.harness.report.stats import SeedTest, paired_bootstrap, paired_t
-from peftbench.records import load_record, predictions_path, runs_dir
+from peftbench.records import NO_BUDGET, RunRecord, load_record, predictions_path, runs_dir
 
 log = logging.getLogger(__name__)
 
-NO_BUDGET = "-"
 MIN_SEEDS = 3
 
 
@@ -87,19 +86,17 @@ def collect(results: Path, task: str, method: str, budget: str | None, warnings:
 
     budgeted = registry.adapters.get(method).budgeted
     folder = runs_dir(results) / task / method
-    found: dict[str, list[dict[str, Any]]] = {}
+    found: dict[str, list[RunRecord]] = {}
     failed = 0
     for path in sorted(folder.glob("*.json")):
-        rec = load_record(path)
-        if rec.data is None:
-            log.warning("skipping %s: %s", path, rec.problem)
+        loaded = load_record(path)
+        if loaded.record is None:
+            log.warning("skipping %s: %s", path, loaded.problem)
             continue
-        if not rec.ok:
+        if not loaded.ok:
             failed += 1
             continue
-        b = rec.data["config"].get("budget") or {}
-        spec = b.get("spec") or NO_BUDGET
-        found.setdefault(spec, []).append({**rec.data, "_path": path, "_requested": b.get("requested")})
+        found.setdefault(loaded.record.budget_spec, []).append(loaded.record)
     if not found:
         extra = f" ({failed} failed)" if failed else ""
         raise UsageError(f"no successful records for {task}/{method} under {folder}{extra}; run it first")
@@ -116,26 +113,26 @@ def collect(results: Path, task: str, method: str, budget: str | None, warnings:
             r
             for spec, recs in found.items()
             for r in recs
-            if spec == budget or (wanted is not None and spec != NO_BUDGET and r["_requested"] == wanted)
+            if spec == budget or (wanted is not None and spec != NO_BUDGET and r.config.budget_requested == wanted)
         ]
         label = budget
     if not chosen:
         raise UsageError(
             f"no successful records for {task}/{method} at budget {label}; budgets found: {', '.join(sorted(found))}"
         )
-    by_seed: dict[int, list[dict[str, Any]]] = {}
+    by_seed: dict[int, list[RunRecord]] = {}
     for r in chosen:
-        by_seed.setdefault(int(r["config"]["seed"]), []).append(r)
+        by_seed.setdefault(r.config.seed, []).append(r)
     records, primary = {}, {}
     for seed, recs in sorted(by_seed.items()):
-        recs.sort(key=lambda r: (str(r.get("created", "")), str(r["_path"])))
+        recs.sort(key=lambda r: (r.created, str(r.path)))
         if len(recs) > 1:
             warnings.append(
                 f"{task}/{method} @{label} has {len(recs)} records for seed {seed} (different configs); "
-                f"using the newest, {recs[-1]['_path'].name}"
+                f"using the newest, {recs[-1].path.name}"
             )
-        records[seed] = recs[-1]["_path"]
-        primary[seed] = float(recs[-1]["metrics"]["primary"])
+        records[seed] = recs[-1].path
+        primary[seed] = float(recs[-1].metrics.primary)
     return Side(method, label, records, primary)
 
 
@@ -226,13 +223,6 @@ def _seeds(side: Side) -> str:
 # --- output --------------------------------------------------------------------------------------------------------
 
 
-def _scale(task: str) -> float:
-    from peftbench import registry
-
-    # As in the leaderboard: GLUE metrics are fractions shown as percentages; SQuAD's are already 0-100.
-    return 100.0 if registry.tasks.get(task).family == "glue" else 1.0
-
-
 def _fmt_p(p: float) -> str:
     return "n/a" if math.isnan(p) else (f"{p:.2g}" if p < 0.001 else f"{p:.3f}")
 
@@ -240,7 +230,7 @@ def _fmt_p(p: float) -> str:
 def format_comparison(c: Comparison) -> str:
     from tabulate import tabulate
 
-    k = _scale(c.task)
+    k = metric_scale(c.task)
     unit = " (points)" if k != 1.0 else ""
     budgets = {c.a.budget, c.b.budget} - {NO_BUDGET}
     at = f" @ {', '.join(sorted(budgets))}" if budgets else ""

@@ -7,19 +7,11 @@ import math
 import pandas as pd
 from tabulate import tabulate
 
-from peftbench import registry
 from peftbench.errors import UsageError
-from peftbench.harness.report.aggregate import NO_BUDGET
+from peftbench.harness.report.aggregate import metric_scale
+from peftbench.records import NO_BUDGET
 
 FORMATS = {"md": "github", "latex": "latex", "html": "html"}
-
-
-def _scale(task: str) -> float:
-    """GLUE metrics are fractions, shown as percentages like the GLUE board; SQuAD's are already 0-100."""
-    try:
-        return 100.0 if registry.tasks.get(task).family == "glue" else 1.0
-    except UsageError:
-        return 1.0
 
 
 def _pm(mean: float | None, std: float | None, scale: float) -> str:
@@ -58,7 +50,7 @@ def task_tables(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(title, table) per task, profile and budget. Unbudgeted rows (full FT) appear in every budget's table."""
     out = []
     for (task, profile), g in summary.groupby(["task", "profile"], sort=True):
-        scale = _scale(task)
+        scale = metric_scale(task)
         budgets = sorted(b for b in g["budget"].unique() if b != NO_BUDGET)
         metric_names = sorted(
             {
@@ -103,7 +95,7 @@ def task_tables(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def glue_summary(summary: pd.DataFrame) -> pd.DataFrame | None:
     """One row per (method, budget), one column per GLUE task (primary metric mean) and their average."""
-    glue_tasks = [t for t in sorted(summary["task"].unique()) if _scale(t) == 100.0]
+    glue_tasks = [t for t in sorted(summary["task"].unique()) if metric_scale(t) == 100.0]
     if not glue_tasks:
         return None
     g = summary[summary["task"].isin(glue_tasks)]

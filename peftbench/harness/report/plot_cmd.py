@@ -51,15 +51,13 @@ def _print(written: list[Path]) -> int:
 
 
 def cmd_ranks(args) -> int:
-    import json
-
     from peftbench.harness.report import plots
+    from peftbench.records import load_record
 
-    try:
-        data = json.loads(args.record.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read record {args.record}: {e}") from None
-    diag = data.get("diagnostics") or {}
+    loaded = load_record(args.record)
+    if loaded.record is None:
+        raise UsageError(f"cannot read record {args.record}: {loaded.problem}")
+    diag = loaded.record.diagnostics
     if not diag.get("final_ranks") and not diag.get("ranks"):
         raise UsageError(f"{args.record} has no rank diagnostics (only AdaLoRA runs have them)")
     return _print(plots.plot_ranks(diag, args.out))
@@ -93,12 +91,12 @@ def cmd_curves(args) -> int:
 
     _check_results(args.results)
     records = [
-        r.data
+        r.record
         for r in iter_records(args.results)
-        if r.data is not None
-        and (r.data.get("config") or {}).get("task") == args.task
-        and (r.data.get("config") or {}).get("profile", "quick") == args.profile
-        and (not args.methods or (r.data.get("config") or {}).get("method") in args.methods)
+        if r.record is not None
+        and r.record.config.task == args.task
+        and r.record.config.profile == args.profile
+        and (not args.methods or r.record.config.method in args.methods)
     ]
     if not records:
         raise UsageError(f"no records of task {args.task!r} under {args.results}; check --task, --methods, --profile")

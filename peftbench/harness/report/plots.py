@@ -17,6 +17,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from peftbench.errors import UsageError  # noqa: E402
+from peftbench.harness.report.aggregate import metric_scale  # noqa: E402
+from peftbench.records import NO_BUDGET, RunRecord  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -86,24 +88,17 @@ def plot_ranks(diagnostics: dict, out: str | Path) -> list[Path]:
 
 # --- benchmark figures -------------------------------------------------------------------------------------------
 
-_NO_BUDGET = "-"
-
 
 def _metric_scale(task: str) -> tuple[float, str]:
-    """GLUE metrics are fractions, shown as percentages like the leaderboard; SQuAD's are already 0-100."""
-    from peftbench import registry
-
-    try:
-        return (100.0, " (%)") if registry.tasks.get(task).family == "glue" else (1.0, "")
-    except UsageError:
-        return 1.0, ""
+    scale = metric_scale(task)
+    return scale, " (%)" if scale == 100.0 else ""
 
 
 def _is_reference(method: str, budget: str) -> bool:
     """Unbudgeted runs of an unbudgeted method (full FT) are a reference level, not a point on the x axis."""
     from peftbench import registry
 
-    if budget != _NO_BUDGET:
+    if budget != NO_BUDGET:
         return False
     try:
         return not registry.adapters.get(method).budgeted
@@ -195,21 +190,19 @@ def plot_pareto(summary_or_frame, task: str, out: str | Path) -> list[Path]:
     return _save(fig, out)
 
 
-def plot_curves(records, task: str, out: str | Path, metric: str | None = None) -> list[Path]:
+def plot_curves(records: list[RunRecord], task: str, out: str | Path, metric: str | None = None) -> list[Path]:
     """Evaluation metric against training step for one task: one line per method (and budget, when a method
     ran at several), the mean over seeds at each step, shaded ± std where more than one seed has that step.
-    `records` are record dicts; failed runs and other tasks are skipped. `metric` defaults to the primary."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    `records` are RunRecords; failed runs and other tasks are skipped. `metric` defaults to the primary."""
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
     for rec in records:
-        cfg = rec.get("config") or {}
-        if rec.get("status") != "ok" or cfg.get("task") != task:
+        if not rec.ok or rec.config.task != task:
             continue
-        budget = (cfg.get("budget") or {}).get("spec") or _NO_BUDGET
-        groups.setdefault((str(cfg.get("method")), str(budget)), []).append(rec)
+        groups.setdefault((rec.config.method, rec.budget_spec), []).append(rec)
     if not groups:
         raise UsageError(f"no successful runs of task {task!r} to plot; run a sweep first or check --results")
     if metric is None:
-        metric = next(r["metrics"].get("primary_name") for g in groups.values() for r in g)
+        metric = next(r.metrics.primary_name for g in groups.values() for r in g)
     budgets_of: dict[str, set[str]] = {}
     for method, budget in groups:
         budgets_of.setdefault(method, set()).add(budget)
@@ -223,7 +216,7 @@ def plot_curves(records, task: str, out: str | Path, metric: str | None = None) 
         per_step: dict[int, list[float]] = {}
         seeds = 0
         for rec in recs:
-            points = [(h["step"], _finite(h.get(metric))) for h in (rec.get("metrics") or {}).get("history") or []
+            points = [(h["step"], _finite(h.get(metric))) for h in rec.metrics.history
                       if isinstance(h, dict) and "step" in h]  # fmt: skip
             points = [(int(s), v) for s, v in points if v is not None]
             seeds += bool(points)
@@ -236,7 +229,7 @@ def plot_curves(records, task: str, out: str | Path, metric: str | None = None) 
         vals = [np.array(per_step[s]) for s in steps]
         mean = np.array([v.mean() for v in vals]) * scale
         std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in vals]) * scale
-        label = method if len(budgets_of[method]) == 1 or budget == _NO_BUDGET else f"{method} @{budget}"
+        label = method if len(budgets_of[method]) == 1 or budget == NO_BUDGET else f"{method} @{budget}"
         ax.plot(steps, mean, color=colour, marker="o", markersize=3, linewidth=1.5, label=f"{label} (n = {seeds})")
         if seeds > 1:
             ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.18, linewidth=0)

@@ -3,21 +3,24 @@ and their features, tokenised once per (task, data, model, max_length) and cache
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
 import logging
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from peftbench.errors import UsageError
+from peftbench.records import atomic_target, open_text
 from peftbench.tasks.base import Features, TaskSpec
 
 log = logging.getLogger(__name__)
 
-SAMPLE_ROOT = Path(__file__).resolve().parent.parent / "tasks" / "data"
+SAMPLE_ROOT = Path(__file__).resolve().parents[2] / "tasks" / "data"
 _SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
 
 
@@ -77,24 +80,45 @@ def data_fingerprint(task: TaskSpec, source: str) -> str:
         return f"hub:{task.hub_path}:{task.hub_config or ''}"
     h = hashlib.sha256()
     for split in splits_needed(task):
-        p = split_file(task, source, split)
         h.update(split.encode())
-        h.update(p.read_bytes())
+        h.update(_read(split_file(task, source, split)).raw)
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class _SplitFile:
+    raw: bytes
+    rows: tuple[tuple[int, Any], ...]  # (line number, parsed JSON), blank lines skipped
+
+
+def _read(path: Path) -> _SplitFile:
+    """A split file read and parsed once per process (planning, checking, fingerprinting and loading all need
+    it), again only if it changed on disk."""
+    st = path.stat()
+    return _read_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _read_cached(path: str, mtime_ns: int, size: int) -> _SplitFile:
+    raw = Path(path).read_bytes()
+    text = gzip.decompress(raw).decode("utf-8") if path.endswith(".gz") else raw.decode("utf-8")
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+    return _SplitFile(raw, tuple(rows))
+
+
 def read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
-    return out
+    return list(_read(Path(path)).rows)
+
+
+def count_rows(path: Path) -> int:
+    return len(_read(Path(path)).rows)
 
 
 def check_rows(task: TaskSpec, rows: list[tuple[int, Any]], where: str) -> list[dict]:
@@ -109,12 +133,8 @@ def check_rows(task: TaskSpec, rows: list[tuple[int, Any]], where: str) -> list[
 
 def _load_local(task: TaskSpec, source: str, split: str) -> list[dict]:
     path = split_file(task, source, split)
-    # Check line by line first so a bad row is named by file and line, not by a cast error deep in arrow.
-    check_rows(task, read_jsonl(path), str(path))
-    import datasets
-
-    ds = datasets.load_dataset("json", data_files={split: str(path)}, split=split)
-    return ds.to_list()
+    # Checked line by line, so a bad row is named by file and line; copies, as callers own their rows.
+    return [dict(r) for r in check_rows(task, read_jsonl(path), str(path))]
 
 
 def _load_hub(task: TaskSpec, split: str) -> list[dict]:
@@ -133,7 +153,7 @@ def _load_hub(task: TaskSpec, split: str) -> list[dict]:
 def load_rows(task: TaskSpec, source: str, split: str, limit: int = 0) -> list[dict]:
     rows = _load_hub(task, split) if source == "hub" else _load_local(task, source, split)
     if limit and limit < len(rows):
-        if task.family == "squad":
+        if task.subset == "head":
             rows = rows[:limit]  # keep whole paragraphs together: the files are in article order
         else:
             # A fixed subset, the same for every seed and method, so their scores compare on the same rows.
@@ -152,7 +172,7 @@ def featurize_cached(
     path = cache_dir() / "features" / f"{task.name}-{digest}.json.gz"
     if path.is_file():
         try:
-            with gzip.open(path, "rt", encoding="utf-8") as f:
+            with open_text(path) as f:
                 d = json.load(f)
             return Features(d["columns"], d.get("meta", {}))
         except (OSError, ValueError, KeyError) as e:
@@ -161,9 +181,8 @@ def featurize_cached(
     try:
         blob = gzip.compress(json.dumps({"columns": feats.columns, "meta": feats.meta}).encode(), compresslevel=1)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
+        with atomic_target(path) as tmp:
+            tmp.write_bytes(blob)
     except OSError as e:  # a read-only home must not stop a run
         log.warning("could not cache features at %s (%s)", path, e)
     return feats

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import logging
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from peftbench.config import (
     to_jsonable,
 )
 from peftbench.errors import BudgetError, UsageError
-from peftbench.harness.run.data import data_fingerprint, split_file
+from peftbench.harness.run.data import count_rows, data_fingerprint, split_file
 from peftbench.harness.run.models import resolve_model
 from peftbench.harness.run.train import plan_steps
 from peftbench.registry import unknown_name_message
@@ -82,10 +81,7 @@ def model_shape(model: ModelRef, task_name: str, targets: tuple[str, ...]) -> Mo
 def count_train_rows(task, data: str, cap: int) -> int | None:
     if data == "hub":
         return None
-    path = split_file(task, data, task.train_split)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        n = sum(1 for line in f if line.strip())
+    n = count_rows(split_file(task, data, task.train_split))
     return min(n, cap) if cap else n
 
 
@@ -113,7 +109,7 @@ def resolve(req: RunRequest) -> RunConfig:
         requested = parse_budget(req.budget, shape.base_params)
         method_cfg = adapter_cls.for_budget(list(shape.targets), requested, method_cfg).config
     n_rows = count_train_rows(task, req.data, train.train_rows)
-    if n_rows is not None and task.head != "span":
+    if n_rows is not None and task.one_feature_per_row:
         # Span tasks have more features than rows; the runner checks again with the exact count.
         adapter_cls.check_plan(method_cfg, ApplyPlan(plan_steps(n_rows, train), train.targets))
     return RunConfig(

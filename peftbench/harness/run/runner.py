@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import os
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from peftbench import registry
 from peftbench.adapters.base import ApplyPlan
-from peftbench.config import RunConfig, to_jsonable
+from peftbench.config import RunConfig
 from peftbench.errors import TrainingDiverged, UsageError
 from peftbench.harness.run.data import featurize_cached, load_rows
 from peftbench.harness.run.measure import environment
 from peftbench.harness.run.plan import method_config_of
-from peftbench.harness.run.train import plan_steps, train
+from peftbench.harness.run.train import TrainContext, plan_steps, train
 from peftbench.records import (
-    SCHEMA_VERSION,
+    DataInfo,
+    Params,
+    RunRecord,
     adapter_weights_path,
+    atomic_target,
     atomic_write_text,
     predictions_path,
     record_path,
@@ -59,12 +61,13 @@ def _accelerator(precision: str):
     return Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
 
 
-def execute(cfg: RunConfig, results: Path, progress: bool = True, save_adapter: bool = False) -> dict[str, Any]:
+def execute(cfg: RunConfig, results: Path, progress: bool = True, save_adapter: bool = False) -> RunRecord:
     """Train and evaluate one config, write its record atomically and return it. With `save_adapter`, the
     trained parameters (adapter and head) go beside the record as `<hash>.adapter.safetensors`.
 
     Bad input raises UsageError before anything is written. A failure during training (divergence, a bug in a
-    plugin, out of memory) is written as a failed record and re-raised as the record."""
+    plugin, out of memory) is written as a failed record and returned. The record says ok only once the files
+    it points to (predictions, adapter weights) are written."""
     import torch
     import transformers
     from transformers import AutoTokenizer
@@ -98,88 +101,47 @@ def execute(cfg: RunConfig, results: Path, progress: bool = True, save_adapter: 
     plan = ApplyPlan(total_steps=total_steps, targets=t.targets)
     adapter_cls.check_plan(method_cfg, plan)
 
-    record: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": f"{cfg.task}-{cfg.method}-{cfg.config_hash}",
-        "status": "failed",
-        "error": None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": _config_section(cfg, len(train_rows), {s: len(r) for s, (r, _) in eval_rows.items()}),
-        "metrics": {"primary_name": task.primary_metric, "primary": None, "all": {}, "history": []},
-        "params": {},
-        "budget": {"requested": cfg.budget_requested, "achieved": None},
-        "perf": {},
-        "diagnostics": {},
-        "train": {"total_steps": total_steps, "loss_history": []},
-        "env": {},
-    }
+    data = DataInfo(cfg.data, cfg.data_hash, len(train_rows), {s: len(r) for s, (r, _) in eval_rows.items()})
+    record = RunRecord.start(cfg, data, task.primary_metric, total_steps)
+    env: dict = {}
     adapter = None
     try:
         _seed_everything(cfg.seed)
         accelerator = _accelerator(t.precision)
-        record["env"] = environment(accelerator.device)
+        env = environment(accelerator.device)
         model = task.model_class().from_pretrained(cfg.model.path, revision=cfg.model.revision, **task.model_kwargs())
         adapter = adapter_cls(method_cfg)
         model = adapter.apply(model, plan)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        log.debug("%s: training starts, %d steps", record["run_id"], total_steps)
+        log.debug("%s: training starts, %d steps", record.run_id, total_steps)
         result = train(
-            task, model, adapter, train_feats, eval_sets, t, total_steps, cfg.seed, pad_id, accelerator, progress
+            TrainContext(
+                task, model, adapter, train_feats, eval_sets, t, total_steps, cfg.seed, pad_id, accelerator, progress
+            )
         )
-        report = adapter.param_report(model)
-        record["params"] = to_jsonable(report)
-        record["budget"]["achieved"] = report.adapter
-        record["metrics"].update(
-            primary=result.metrics[task.primary_metric], all=result.metrics, history=result.eval_history
-        )
-        record["perf"] = result.perf
-        record["train"]["loss_history"] = result.loss_history
-        record["diagnostics"] = adapter.diagnostics()
-        if save_adapter:
-            record["adapter_file"] = _save_trainable(model, adapter_weights_path(path), cfg).name
-        record["status"] = "ok"
+        params = Params(**dataclasses.asdict(adapter.param_report(model)))
+        adapter_file = _save_trainable(model, adapter_weights_path(path), cfg).name if save_adapter else None
         _write_predictions(path, result.scored)
+        record = record.finish(
+            result.metrics, result.eval_history, params, result.perf, result.loss_history, adapter.diagnostics(),
+            adapter_file,
+        )  # fmt: skip
     except TrainingDiverged as e:
-        record["error"] = str(e)
-        record["diagnostics"] = {"diverged_at_step": e.step, "reason": e.reason}
+        record = record.fail(str(e), diagnostics={"diverged_at_step": e.step, "reason": e.reason})
     except (UsageError, KeyboardInterrupt):
         raise
-    except Exception as e:  # a plugin bug or out-of-memory: recorded, so the sweep goes on
-        record["error"] = f"{type(e).__name__}: {e}"
-        record["traceback"] = traceback.format_exc(limit=8)
+    except Exception as e:  # a plugin bug, out-of-memory, a full disk: recorded, so the sweep goes on
+        diagnostics = None
         if adapter is not None:
             try:
-                record["diagnostics"] = adapter.diagnostics()
+                diagnostics = adapter.diagnostics()
             except Exception:  # noqa: BLE001 - diagnostics of a broken adapter are best effort
                 pass
-    torch_threads = torch.get_num_threads()
-    record["env"].setdefault("torch_threads", torch_threads)
+        record = record.fail(f"{type(e).__name__}: {e}", traceback.format_exc(limit=8), diagnostics)
+    env.setdefault("torch_threads", torch.get_num_threads())
+    record = dataclasses.replace(record, env=env)
     write_record(path, record)
-    record["_path"] = str(path)
-    return record
-
-
-def _config_section(cfg: RunConfig, n_train: int, n_eval: dict[str, int]) -> dict[str, Any]:
-    d = to_jsonable(cfg)
-    d["config_hash"] = cfg.config_hash
-    d["model"] = {
-        "name": cfg.model.name,
-        "id": cfg.model.model_id,
-        "revision": cfg.model.revision,
-        "sha256": cfg.model.sha256,
-    }
-    d["data"] = {
-        "source": cfg.data,
-        "hash": cfg.data_hash,
-        "train_rows": n_train,
-        "eval_rows": sum(n_eval.values()),
-        "eval_rows_per_split": n_eval,
-    }
-    d["budget"] = {"requested": cfg.budget_requested, "spec": cfg.budget}
-    d.pop("data_hash", None)
-    d.pop("budget_requested", None)
-    d["_resolved"] = to_jsonable(cfg)  # the exact config, so a record can be rerun as it was
-    return d
+    return dataclasses.replace(record, path=path)
 
 
 def _save_trainable(model, target: Path, cfg: RunConfig) -> Path:
@@ -189,13 +151,8 @@ def _save_trainable(model, target: Path, cfg: RunConfig) -> Path:
     # Copies: safetensors refuses tensors that share storage, and the file must not alias live weights.
     state = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
     meta = {"config_hash": cfg.config_hash, "task": cfg.task, "method": cfg.method, "format": "peftbench-trainable"}
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_target(target) as tmp:
         save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

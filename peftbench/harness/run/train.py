@@ -20,6 +20,7 @@ from peftbench.adapters.base import Adapter
 from peftbench.config import TrainConfig
 from peftbench.errors import TrainingDiverged
 from peftbench.harness.run.measure import PeakMemory
+from peftbench.records import Perf
 from peftbench.tasks.base import Features, Scored, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -135,36 +136,86 @@ def evaluate(
 
 
 @dataclass
+class TrainContext:
+    """Everything one run's training needs, built by the runner."""
+
+    task: TaskSpec
+    model: nn.Module
+    adapter: Adapter
+    train_features: Features
+    eval_sets: dict[str, tuple[Features, list[dict], str]]
+    cfg: TrainConfig
+    total_steps: int
+    seed: int
+    pad_id: int
+    accelerator: Any
+    progress: bool = True
+
+
+@dataclass
 class TrainResult:
     metrics: dict[str, float]
     scored: dict[str, Scored]
     eval_history: list[dict[str, Any]] = field(default_factory=list)
     loss_history: list[list[float]] = field(default_factory=list)
-    perf: dict[str, Any] = field(default_factory=dict)
+    perf: Perf = field(default_factory=Perf)
     steps: int = 0
 
 
-def train(
-    task: TaskSpec,
-    model: nn.Module,
-    adapter: Adapter,
-    train_features: Features,
-    eval_sets: dict[str, tuple[Features, list[dict], str]],
-    cfg: TrainConfig,
-    total_steps: int,
-    seed: int,
-    pad_id: int,
-    accelerator,
-    progress: bool = True,
-) -> TrainResult:
+@dataclass
+class Stepper:
+    """One optimizer step, the same for a run and for `peftbench perf`: forward and the adapter's extra loss
+    under autocast for each micro-batch, backward, clip, optimizer step, the adapter's hook, scheduler, zero_grad.
+
+    The losses it returns stay on the device (sums over micro-batches, not yet divided): reading them is a host
+    sync, so the loop reads them only on log steps."""
+
+    model: nn.Module
+    adapter: Adapter
+    optimizer: torch.optim.Optimizer
+    accelerator: Any
+    max_grad_norm: float = 1.0
+    scheduler: Any = None
+    params: list[nn.Parameter] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def __call__(self, micro_batches: list[dict[str, torch.Tensor]], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        task_loss = torch.zeros((), device=self.accelerator.device)
+        extra_loss = torch.zeros((), device=self.accelerator.device)
+        for batch in micro_batches:
+            with self.accelerator.autocast():
+                loss = self.model(**batch).loss
+                extra = self.adapter.extra_loss(self.model)
+                total = loss if extra is None else loss + extra
+            self.accelerator.backward(total / len(micro_batches))
+            task_loss += loss.detach().float()
+            if extra is not None:
+                extra_loss += extra.detach().float()
+        if self.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        # The adapter's hook sees the gradients of this step (AdaLoRA's importance needs them), so it runs
+        # after the update and before they are cleared.
+        self.adapter.on_step_end(self.model, step)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return task_loss, extra_loss
+
+
+def train(ctx: TrainContext) -> TrainResult:
+    cfg, model, accelerator, total_steps = ctx.cfg, ctx.model, ctx.accelerator, ctx.total_steps
     device = accelerator.device
     model.to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    rng = np.random.default_rng(seed)
-    lengths = [len(x) for x in train_features.columns["input_ids"]]
+    step_fn = Stepper(model, ctx.adapter, optimizer, accelerator, cfg.max_grad_norm, scheduler)
+    rng = np.random.default_rng(ctx.seed)
+    lengths = [len(x) for x in ctx.train_features.columns["input_ids"]]
     pad_to = None if cfg.group_by_length else cfg.max_length
     mem = PeakMemory(device)
 
@@ -179,66 +230,53 @@ def train(
     step_times: list[float] = []
     examples = tokens = 0
     log_every = max(1, total_steps // 200)
-    bar = _progress(total_steps, progress)
+    bar = _progress(total_steps, ctx.progress)
     t_start = time.perf_counter()
     # CPU time beside wall time: on a shared machine wall time also counts the waits for a core.
     cpu_start = time.process_time()
     for step in range(total_steps):
         t0 = time.perf_counter()
-        task_loss_sum = extra_sum = 0.0
+        batches = []
         for _ in range(cfg.grad_accum):
             idx = next(stream)
-            batch = {k: v.to(device) for k, v in collate(train_features, idx, pad_id, pad_to).items()}
-            with accelerator.autocast():
-                out = model(**batch)
-                loss = out.loss
-                extra = adapter.extra_loss(model)
-                total = loss if extra is None else loss + extra
-            accelerator.backward(total / cfg.grad_accum)
-            task_loss_sum += loss.detach().float().item()
-            if extra is not None:
-                extra_sum += extra.detach().float().item()
+            batch = {k: v.to(device) for k, v in collate(ctx.train_features, idx, ctx.pad_id, pad_to).items()}
             examples += len(idx)
             tokens += int(batch["attention_mask"].sum())
-        task_loss = task_loss_sum / cfg.grad_accum
-        if not math.isfinite(task_loss) or not math.isfinite(extra_sum):
-            raise TrainingDiverged(step, f"loss is {task_loss} (extra loss {extra_sum / cfg.grad_accum})")
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        # The adapter's hook sees the gradients of this step (AdaLoRA's importance needs them), so it runs
-        # after the update and before they are cleared.
-        adapter.on_step_end(model, step)
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            batches.append(batch)
+        task_sum, extra_sum = step_fn(batches, step)
         step_times.append(time.perf_counter() - t0)
         if step % log_every == 0 or step == total_steps - 1:
-            loss_history.append([step, round(task_loss, 6), round(extra_sum / cfg.grad_accum, 6)])
-        if bar is not None:
-            bar.update(1)
-            if step % 10 == 0:
+            # The only host sync of a step, and only on log steps; a NaN is caught here, at most log_every
+            # steps after it appeared (the run is failed either way).
+            task_loss, extra = task_sum.item() / cfg.grad_accum, extra_sum.item() / cfg.grad_accum
+            if not math.isfinite(task_loss) or not math.isfinite(extra):
+                raise TrainingDiverged(step, f"loss is {task_loss} (extra loss {extra})")
+            loss_history.append([step, round(task_loss, 6), round(extra, 6)])
+            if bar is not None:
                 elapsed = time.perf_counter() - t_start
                 bar.set_postfix(loss=f"{task_loss:.4f}", samples_s=f"{examples / max(elapsed, 1e-9):.1f}")
+        if bar is not None:
+            bar.update(1)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
-            m, _ = evaluate(task, model, eval_sets, cfg, pad_id, device, accelerator.autocast)
+            m, _ = evaluate(ctx.task, model, ctx.eval_sets, cfg, ctx.pad_id, device, accelerator.autocast)
             eval_history.append({"step": step + 1, **m})
     train_seconds = time.perf_counter() - t_start
     train_cpu_seconds = time.process_time() - cpu_start
     if bar is not None:
         bar.close()
-    metrics, scored = evaluate(task, model, eval_sets, cfg, pad_id, device, accelerator.autocast)
+    metrics, scored = evaluate(ctx.task, model, ctx.eval_sets, cfg, ctx.pad_id, device, accelerator.autocast)
     eval_history.append({"step": total_steps, **metrics})
-    perf = {
-        "train_seconds": round(train_seconds, 3),
-        "train_cpu_seconds": round(train_cpu_seconds, 3),
-        "train_samples_per_second": round(examples / train_seconds, 3),
-        "train_tokens_per_second": round(tokens / train_seconds, 1),
-        "step_time_ms_median": round(1000 * float(np.median(step_times)), 3),
-        "peak_memory_bytes": mem.peak(),
-        "peak_memory_kind": mem.kind,
-        "train_examples": examples,
-        "train_tokens": tokens,
-    }
+    perf = Perf(
+        train_seconds=round(train_seconds, 3),
+        train_cpu_seconds=round(train_cpu_seconds, 3),
+        train_samples_per_second=round(examples / train_seconds, 3),
+        train_tokens_per_second=round(tokens / train_seconds, 1),
+        step_time_ms_median=round(1000 * float(np.median(step_times)), 3),
+        peak_memory_bytes=mem.peak(),
+        peak_memory_kind=mem.kind,
+        train_examples=examples,
+        train_tokens=tokens,
+    )
     return TrainResult(metrics, scored, eval_history, loss_history, perf, total_steps)
 
 

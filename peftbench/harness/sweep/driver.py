@@ -22,8 +22,8 @@ from peftbench import registry
 from peftbench.config import RunConfig, parse_budget, run_config_from_dict
 from peftbench.errors import UsageError
 from peftbench.harness.run.data import check_rows, read_jsonl, split_file, splits_needed
-from peftbench.harness.sweep.executors import Children, run_in_subprocess, run_inline
 from peftbench.harness.run.plan import RunRequest, resolve
+from peftbench.harness.sweep.executors import Executor, InlineExecutor, LocalExecutor
 from peftbench.records import load_record, lock_holder, record_path, release_lock, set_aside, try_lock
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,7 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
-        c = self.config
-        budget = f" @{c.budget}" if c.budget else ""
-        return f"{c.task}/{c.method}{budget} seed {c.seed}"
+        return self.config.label
 
 
 def expand(
@@ -99,8 +97,8 @@ def plan(requests: list[RunRequest], results: Path) -> list[PlannedRun]:
         path = record_path(results, cfg.task, cfg.method, cfg.config_hash)
         sig = _stat(path)
         rec = load_record(path)
-        if rec.data is not None:
-            status = rec.data.get("status", "?")
+        if rec.record is not None:
+            status = rec.record.status
         else:
             status = rec.problem or "missing"
             if rec.problem != "missing":
@@ -125,7 +123,8 @@ class SweepOutcome:
     ran: int = 0
     skipped: int = 0  # done before the sweep started
     elsewhere: int = 0  # finished by another process while this sweep waited for it
-    failed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # "label: why", for people
+    why_failed: dict[str, str] = field(default_factory=dict)  # config hash -> why, for code
 
 
 @dataclass(frozen=True)
@@ -196,13 +195,12 @@ def _hms(seconds: float) -> str:
 
 
 class _Sweep:
-    def __init__(self, results: Path, executor: str, jobs: int, progress: _Progress) -> None:
+    def __init__(self, results: Path, executor: Executor, jobs: int, progress: _Progress) -> None:
         self.results = results
-        self.runner = run_inline if executor == "inline" else run_in_subprocess
+        self.executor = executor
         self.jobs = jobs
         self.progress = progress
         self.stop = threading.Event()
-        self.children = Children()
 
     def stop_all(self) -> None:
         """Stop every run in flight; a second Ctrl-C meanwhile must not leave them running."""
@@ -210,7 +208,7 @@ class _Sweep:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
         try:
             self.stop.set()
-            self.children.stop_all()
+            self.executor.stop()
         finally:
             if main:
                 signal.signal(signal.SIGINT, previous)
@@ -237,13 +235,13 @@ class _Sweep:
             # Under the lock, look again: a record written since planning means another process ran this
             # config meanwhile. (A record unchanged since planning is rerun: the caller chose to, e.g. --fresh.)
             rec = load_record(p.record)
-            if rec.data is not None and _stat(p.record) != p.seen:
+            if rec.record is not None and _stat(p.record) != p.seen:
                 return _Result("elsewhere", 0 if rec.ok else 1)
             if rec.problem not in (None, "missing"):
                 log.warning("%s: %s; moved to %s", p.record, rec.problem, set_aside(p.record))
             self.progress.started(p)
             try:
-                code = self.runner(p.config, self.results, True, jobs=self.jobs, lock_fd=fd, children=self.children)
+                code = self.executor.run(p.config, self.results, True, self.jobs, fd)
                 error = None
             except Exception as e:  # inline: one broken run must not end the sweep
                 if self.stop.is_set():
@@ -261,8 +259,9 @@ class _Sweep:
         rec = load_record(p.record)
         ok = r.code == 0 and rec.ok
         if not ok:
-            why = rec.data.get("error") if rec.data else _why(r.code, r.error)
+            why = rec.record.error if rec.record else _why(r.code, r.error)
             outcome.failed.append(f"{p.label}: {why}")
+            outcome.why_failed[p.config.config_hash] = str(why)
             log.warning("run failed: %s: %s", p.label, why)
         self.progress.finished(p, "ok" if ok else "failed")
         if on_done is not None:
@@ -304,6 +303,14 @@ class _Sweep:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _executor(name: str, ray_address: str | None, ray_resources: dict | None) -> Executor:
+    if name == "ray":
+        from peftbench.harness.sweep.ray_executor import RayExecutor
+
+        return RayExecutor(ray_address, ray_resources or {})
+    return InlineExecutor() if name == "inline" else LocalExecutor()
+
+
 def run_sweep(
     planned: list[PlannedRun],
     results: Path,
@@ -320,22 +327,11 @@ def run_sweep(
     outcome = SweepOutcome(skipped=len(planned) - len(todo))
     if not todo:
         return outcome
-    if executor == "ray":
-        from peftbench.harness.sweep.ray_executor import run_with_ray
-
-        codes = run_with_ray([p.config for p in todo], results, ray_address, ray_resources or {})
-        sweep = _Sweep(results, executor, jobs, _Progress(len(todo), False))
-        for p, code in zip(todo, codes, strict=False):
-            sweep.finish(p, _Result("ran", code), outcome, on_done)
-        return outcome
-    if executor == "inline" and jobs > 1:
-        # Runs in one process share the global RNG state, so concurrent inline runs would not be reproducible.
-        log.warning("the inline executor runs one config at a time; ignoring --jobs %d", jobs)
-        jobs = 1
-    sweep = _Sweep(results, executor, jobs, _Progress(len(todo), progress))
+    runner = _executor(executor, ray_address, ray_resources)
+    sweep = _Sweep(results, runner, runner.slots(jobs), _Progress(len(todo), progress))
     start = time.perf_counter()
     try:
-        if jobs <= 1:
+        if sweep.jobs <= 1:
             sweep.run_serial(todo, outcome, on_done)
         else:
             sweep.run_parallel(todo, outcome, on_done)
@@ -344,6 +340,7 @@ def run_sweep(
         raise
     finally:
         sweep.progress.close()
+        runner.close()
     took, o = time.perf_counter() - start, outcome
     log.info("sweep: %d run, %d skipped, %d done elsewhere, %d failed in %.0f s", o.ran, o.skipped, o.elsewhere,
              len(o.failed), took)  # fmt: skip

@@ -1,18 +1,55 @@
-"""Local executors of one resolved run: a fresh interpreter per run (the default), or inline in this process.
-The Ray executor lives in ray_executor.py."""
+"""Executors of one resolved run, behind one protocol: a fresh interpreter per run (local, the default), inline in
+this process, or a Ray task (ray_executor.py). The sweep driver takes the config's lock, checks for a record, and
+only then hands the config to an executor, whichever it is."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from peftbench.config import RunConfig, canonical_json
+
+log = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    def slots(self, jobs: int) -> int:
+        """How many runs this executor takes at once, given the user's --jobs."""
+
+    def run(self, cfg: RunConfig, results: Path, quiet: bool, jobs: int, lock_fd: int) -> int:
+        """One run, to completion; its exit code (0: an ok record was written). The caller holds the lock."""
+
+    def stop(self) -> None:
+        """Stop every run in flight (Ctrl-C); no record is written for them."""
+
+    def close(self) -> None:
+        """Release what the executor holds (a Ray instance it started)."""
+
+
+@contextmanager
+def resolved_file(config_json: str) -> Iterator[str]:
+    """The resolved config in a temporary file for `peftbench run --resolved`, removed afterwards."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, prefix="peftbench-run-") as f:
+        f.write(config_json)
+    try:
+        yield f.name
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+
+
+def run_command(cfg_file: str, results: str, quiet: bool) -> list[str]:
+    """The child process every out-of-process executor starts for one run."""
+    cmd = [sys.executable, "-m", "peftbench", "run", "--resolved", cfg_file, "--results", results]
+    return [*cmd, "--quiet"] if quiet else cmd
 
 
 def cpu_count() -> int:
@@ -79,13 +116,8 @@ def run_in_subprocess(
     """One run in a fresh interpreter: a crash or out-of-memory kills that run only, and its peak memory is
     its own. The child inherits the config's lock, so the config stays locked while it lives. It gets its own
     session: Ctrl-C reaches the sweep, which stops it. Returns the child's exit code (negative: signal)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, prefix="peftbench-run-") as f:
-        f.write(canonical_json(cfg))
-        cfg_file = f.name
-    try:
-        cmd = [sys.executable, "-m", "peftbench", "run", "--resolved", cfg_file, "--results", str(results)]
-        if quiet:
-            cmd.append("--quiet")
+    with resolved_file(canonical_json(cfg)) as cfg_file:
+        cmd = run_command(cfg_file, str(results), quiet)
         kw = dict(env=child_env(jobs), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
         if children is None:
             return subprocess.run(cmd, **kw).returncode
@@ -96,12 +128,43 @@ def run_in_subprocess(
             return proc.wait()
         finally:
             children.discard(proc)
-    finally:
-        Path(cfg_file).unlink(missing_ok=True)
 
 
-def run_inline(cfg: RunConfig, results: Path, quiet: bool = True, **_: Any) -> int:
-    from peftbench.harness.run.runner import execute
+class LocalExecutor:
+    """A fresh interpreter per run, `jobs` at once."""
 
-    rec = execute(cfg, results, progress=not quiet)
-    return 0 if rec["status"] == "ok" else 1
+    def __init__(self) -> None:
+        self.children = Children()
+
+    def slots(self, jobs: int) -> int:
+        return max(1, jobs)
+
+    def run(self, cfg: RunConfig, results: Path, quiet: bool, jobs: int, lock_fd: int) -> int:
+        return run_in_subprocess(cfg, results, quiet, jobs=jobs, lock_fd=lock_fd, children=self.children)
+
+    def stop(self) -> None:
+        self.children.stop_all()
+
+    def close(self) -> None:
+        pass
+
+
+class InlineExecutor:
+    """In this process, one run at a time (for debugging, and where a child process cannot start)."""
+
+    def slots(self, jobs: int) -> int:
+        if jobs > 1:
+            # Runs in one process share the global RNG state, so concurrent inline runs would not be reproducible.
+            log.warning("the inline executor runs one config at a time; ignoring --jobs %d", jobs)
+        return 1
+
+    def run(self, cfg: RunConfig, results: Path, quiet: bool, jobs: int, lock_fd: int) -> int:
+        from peftbench.harness.run.runner import execute
+
+        return 0 if execute(cfg, results, progress=not quiet).ok else 1
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,6 +1,8 @@
 """Sweep executor on Ray: each run is a Ray task with its own resource request (CPUs, GPUs per run).
 
-A task does exactly what the local executor does: `peftbench run --resolved CONFIG` in a fresh interpreter, so a
+The sweep driver treats it like any executor: it takes the config's lock and checks for a record in this process,
+then the run goes to Ray, and the lock is held until the task ends. A task does exactly what the local executor
+does: `peftbench run --resolved CONFIG` in a fresh interpreter, so a
 crash or out-of-memory kills that run only and its memory is returned to the node. Records go to the results
 directory as usual, so on a cluster that directory (and the model and data paths in the configs) must be on a
 filesystem every node sees, and peftbench must be installed in the nodes' Python environment.
@@ -13,8 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
-import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -67,21 +68,17 @@ def _run_one(config_json: str, results: str, cwd: str, env: dict[str, str]) -> i
     """Body of the Ray task (runs on a worker): one `peftbench run` in a child process; its exit code."""
     import ray
 
+    from peftbench.harness.sweep.executors import resolved_file, run_command
+
     child_env = {**os.environ, **env}
     if not ray.get_gpu_ids():
         # Ray leaves CUDA_VISIBLE_DEVICES alone for tasks without GPUs; hide them so a CPU run stays on CPU
         # and does not take a GPU another task was given.
         child_env["CUDA_VISIBLE_DEVICES"] = ""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, prefix="peftbench-run-") as f:
-        f.write(config_json)
-        cfg_file = f.name
-    try:
-        cmd = [sys.executable, "-m", "peftbench", "run", "--resolved", cfg_file, "--results", results, "--quiet"]
+    with resolved_file(config_json) as cfg_file:
         # The driver's directory, so relative --data paths mean the same thing (when this node has it).
         workdir = cwd if Path(cwd).is_dir() else None
-        return subprocess.run(cmd, env=child_env, cwd=workdir).returncode
-    finally:
-        Path(cfg_file).unlink(missing_ok=True)
+        return subprocess.run(run_command(cfg_file, results, True), env=child_env, cwd=workdir).returncode
 
 
 def _check_capacity(ray, options: dict[str, Any], own_instance: bool) -> None:
@@ -100,66 +97,68 @@ def _check_capacity(ray, options: dict[str, Any], own_instance: bool) -> None:
         log.warning("the Ray cluster has GPUs but each run asks for none: runs train on CPU (--gpus-per-run 1)")
 
 
-def _label(cfg: RunConfig) -> str:
-    budget = f" @{cfg.budget}" if cfg.budget else ""
-    return f"{cfg.task}/{cfg.method}{budget} seed {cfg.seed}"
+class RayExecutor:
+    """Joins the cluster at `address` when given; otherwise starts a local instance sized to this machine. A Ray
+    connection this process already has is reused, and only what this executor started is shut down."""
 
-
-def _gather(ray, refs: list, configs: list[RunConfig]) -> list[int]:
-    """Exit codes in submission order; logs each run as it finishes. A task that Ray itself lost (worker or
-    node died) counts as exit code 1, so the sweep records it as failed and goes on."""
-    position = {ref: i for i, ref in enumerate(refs)}
-    codes = [1] * len(refs)
-    pending = list(refs)
-    finished = 0
-    try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                i = position[ref]
-                finished += 1
-                try:
-                    codes[i] = int(ray.get(ref))
-                except ray.exceptions.RayError as e:
-                    log.warning("ray: %s was lost: %s", _label(configs[i]), str(e).splitlines()[0])
-                    codes[i] = 1
-                log.info("ray: %d/%d done, %s (exit %d)", finished, len(refs), _label(configs[i]), codes[i])
-    except KeyboardInterrupt:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-    return codes
-
-
-def run_with_ray(configs: list[RunConfig], results: Path, address: str | None, resources: dict) -> list[int]:
-    """Run every config as a Ray task and return the runs' exit codes in the order of `configs`.
-
-    Joins the cluster at `address` when given; otherwise starts a local instance sized to this machine. A Ray
-    connection this process already has is reused, and only what this call started is shut down."""
-    if not configs:
-        return []
-    ray = _import_ray()
-    options = task_options(resources)
-    started = not ray.is_initialized()
-    if started:
+    def __init__(self, address: str | None, resources: dict[str, Any]) -> None:
+        ray = self.ray = _import_ray()
+        self.options = task_options(resources)
+        self.started = not ray.is_initialized()
+        if self.started:
+            try:
+                if address:
+                    ray.init(address=address, ignore_reinit_error=True)
+                else:
+                    ray.init(include_dashboard=False, ignore_reinit_error=True)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+                raise UsageError(f"cannot start or join {where}: {str(e).splitlines()[0]}") from None
+        elif address:
+            log.info("already connected to a Ray instance; --address %s not used", address)
         try:
-            if address:
-                ray.init(address=address, ignore_reinit_error=True)
-            else:
-                ray.init(include_dashboard=False, ignore_reinit_error=True)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
-            raise UsageError(f"cannot start or join {where}: {str(e).splitlines()[0]}") from None
-    elif address:
-        log.info("already connected to a Ray instance; --address %s not used", address)
-    try:
-        _check_capacity(ray, options, own_instance=started and not address)
-        task = ray.remote(_run_one).options(**options)
-        results_dir = str(Path(results).resolve())
-        env, cwd = _forwarded_env(), os.getcwd()
-        refs = [task.remote(canonical_json(cfg), results_dir, cwd, env) for cfg in configs]
-        log.info("ray: submitted %d run(s), %s each", len(refs), ", ".join(f"{k}={v}" for k, v in options.items()))
-        return _gather(ray, refs, configs)
-    finally:
-        if started:
-            ray.shutdown()
+            _check_capacity(ray, self.options, own_instance=self.started and not address)
+        except BaseException:
+            self.close()
+            raise
+        self.task = ray.remote(_run_one).options(**self.options)
+        self.env, self.cwd = _forwarded_env(), os.getcwd()
+        self.in_flight: set = set()
+        self.stopping = threading.Event()
+        log.info("ray: each run asks for %s", ", ".join(f"{k}={v}" for k, v in self.options.items()))
+
+    def slots(self, jobs: int) -> int:
+        """Runs in flight at once: what the cluster holds now, or --jobs if larger (an autoscaler may grow it)."""
+        total = self.ray.cluster_resources()
+        fits = [float(total.get("CPU", 0.0)) / self.options["num_cpus"]]
+        if self.options.get("num_gpus"):
+            fits.append(float(total.get("GPU", 0.0)) / self.options["num_gpus"])
+        return max(1, jobs, int(min(fits)))
+
+    def run(self, cfg: RunConfig, results: Path, quiet: bool, jobs: int, lock_fd: int) -> int:
+        if self.stopping.is_set():
+            raise KeyboardInterrupt
+        ref = self.task.remote(canonical_json(cfg), str(Path(results).resolve()), self.cwd, self.env)
+        self.in_flight.add(ref)
+        try:
+            # Short waits, so a Ctrl-C in the driver is not stuck behind a long run.
+            while not self.ray.wait([ref], timeout=1.0)[0]:
+                if self.stopping.is_set():
+                    raise KeyboardInterrupt
+            return int(self.ray.get(ref))
+        except self.ray.exceptions.RayError as e:
+            # A task that Ray itself lost (worker or node died): a failed run, and the sweep goes on.
+            log.warning("ray: %s was lost: %s", cfg.label, str(e).splitlines()[0])
+            return 1
+        finally:
+            self.in_flight.discard(ref)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for ref in list(self.in_flight):
+            self.ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+            self.started = False

@@ -1,16 +1,13 @@
 """Task metrics, computed by local `evaluate` modules that live next to this file (the hub is not reachable).
 
-Each family's module is a directory `<name>/<name>.py` here, loaded with `evaluate.load(<dir path>,
-config_name=...)`. `_FAMILIES` says which directory and config a task uses. A new family plugs in with its
-directory plus one line there, e.g. for SQuAD (directories `squad/` and `squad_v2/`, no config):
-
-    "squad": lambda task: (task.name, None),
+Each module is a directory `<name>/<name>.py` here, loaded with `evaluate.load(<dir path>, config_name=...)`.
+A task names its module and config in its spec (`TaskSpec.metric_module`, `metric_config`); a new family plugs in
+with its directory here and those two fields.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METRICS_DIR = Path(__file__).resolve().parent
-
-# family -> task -> (module directory under METRICS_DIR, evaluate config name or None).
-_FAMILIES: dict[str, Callable[[TaskSpec], tuple[str, str | None]]] = {
-    "glue": lambda task: ("glue", task.hub_config),
-    "squad": lambda task: (task.name, None),
-}
 
 # Loaded modules, one per (directory, config): evaluate.load copies and imports the script, which is too slow
 # to repeat for every evaluation (and for every resample of a paired bootstrap).
@@ -62,17 +53,11 @@ def compute(task: TaskSpec, predictions: list, references: list, **kwargs: Any) 
     """The task's metrics as plain floats, keyed exactly by `task.metric_names` (in that order).
 
     `kwargs` go to the module's `compute` (e.g. a no-answer threshold for a span family)."""
-    route = _FAMILIES.get(task.family)
-    if route is None:
-        raise UsageError(
-            f"no metrics for task family {task.family!r} (task {task.name!r}); known families: "
-            f"{', '.join(sorted(_FAMILIES))}. Add a module directory under {METRICS_DIR} and a line in _FAMILIES"
-        )
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references for task {task.name!r}")
     if not predictions:
         raise UsageError(f"nothing to score for task {task.name!r}: the evaluation split is empty; check the data")
-    name, config = route(task)
+    name, config = task.metric_module or task.name, task.metric_config
     metric = load_metric(name, config)
     try:
         result = metric.compute(predictions=predictions, references=references, **kwargs)
