@@ -19,6 +19,7 @@ from peftbench.adapters.base import ApplyPlan
 from peftbench.config import canonical_json, parse_value
 from peftbench.errors import UsageError
 from peftbench.harness.cli import main
+from peftbench.harness.run import plan as plan_mod
 from peftbench.harness.sweep import driver as sweep_mod
 from peftbench.records import load_record
 
@@ -146,15 +147,15 @@ def test_a_resolved_config_file_is_plain_json_into_typed_fields(tiny_model_dir, 
     cfg = resolve(RunRequest(task="sst2", method="lora", model=str(tiny_model_dir), sets=SETS))
     good = tmp_path / "good.json"
     good.write_text(canonical_json(cfg))
-    assert sweep_mod.load_resolved(str(good)) == cfg
+    assert plan_mod.load_resolved(str(good)) == cfg
     extra = tmp_path / "extra.json"
     extra.write_text(json.dumps({**json.loads(canonical_json(cfg)), "__class__": "os.system"}))
     with pytest.raises(UsageError, match="unexpected keyword argument '__class__'"):
-        sweep_mod.load_resolved(str(extra))
+        plan_mod.load_resolved(str(extra))
     code = tmp_path / "code.json"
     code.write_text(PAYLOAD.format(tmp_path / "pwned"))
     with pytest.raises(UsageError, match="cannot use resolved config .*JSONDecodeError"):
-        sweep_mod.load_resolved(str(code))
+        plan_mod.load_resolved(str(code))
     assert not (tmp_path / "pwned").exists()
 
 

@@ -129,9 +129,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from peftbench.harness.run.plan import RunRequest, resolve
+    from peftbench.harness.run.data import check_local_data
+    from peftbench.harness.run.plan import RunRequest, load_resolved, resolve
     from peftbench.harness.run.runner import execute
-    from peftbench.harness.sweep.driver import check_local_data, load_resolved
     from peftbench.records import lock_holder, record_path, release_lock, try_lock
 
     if args.resolved:

@@ -61,6 +61,14 @@ def runs_frame(results: Path, include_failed: bool = True) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def count_label(n, m_decimals: int = 3) -> str:
+    """A parameter count as tables and plots show it: millions from 100K up, else thousands; '-' when missing."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    n = float(n)
+    return f"{n / 1e6:.{m_decimals}f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
 def metric_scale(task: str) -> float:
     """How tables show a task's metrics (GLUE's fractions as percentages; SQuAD's are already 0-100)."""
     from peftbench import registry

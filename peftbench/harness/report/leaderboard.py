@@ -8,7 +8,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from peftbench.errors import UsageError
-from peftbench.harness.report.aggregate import metric_scale
+from peftbench.harness.report.aggregate import count_label, metric_scale
 from peftbench.records import NO_BUDGET
 
 FORMATS = {"md": "github", "latex": "latex", "html": "html"}
@@ -20,13 +20,6 @@ def _pm(mean: float | None, std: float | None, scale: float) -> str:
     if std is None or (isinstance(std, float) and math.isnan(std)):
         return f"{mean * scale:.2f}"
     return f"{mean * scale:.2f} ± {std * scale:.2f}"
-
-
-def _count(n) -> str:
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "-"
-    n = float(n)
-    return f"{n / 1e6:.3f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
 def _off(achieved, requested) -> str:
@@ -80,10 +73,10 @@ def task_tables(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                 for m in metric_names:
                     if m != r["primary_name"]:
                         entry[m] = _pm(_get(r, f"metric.{m}.mean"), _get(r, f"metric.{m}.std"), scale)
-                entry["adapter params"] = _count(_get(r, "adapter")) + _off(
+                entry["adapter params"] = count_label(_get(r, "adapter")) + _off(
                     _get(r, "adapter"), _get(r, "budget_requested")
                 )
-                entry["trainable"] = _count(_get(r, "trainable"))
+                entry["trainable"] = count_label(_get(r, "trainable"))
                 sps = _get(r, "samples_per_s")
                 entry["samples/s"] = "-" if sps is None else f"{sps:.1f}"
                 entry["peak MiB"] = _mib(_get(r, "peak_memory_bytes"))

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from peftbench.errors import UsageError  # noqa: E402
-from peftbench.harness.report.aggregate import metric_scale  # noqa: E402
+from peftbench.harness.report.aggregate import count_label, metric_scale  # noqa: E402
 from peftbench.records import NO_BUDGET, RunRecord  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -114,10 +114,6 @@ def _finite(v) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _count_label(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
-
-
 def plot_pareto(summary_or_frame, task: str, out: str | Path) -> list[Path]:
     """Primary metric against adapter parameters (log x) for one task: one line per budgeted method through
     its budgets, error bars = std over seeds, and unbudgeted methods (full FT) as a horizontal band, mean ±
@@ -149,7 +145,7 @@ def plot_pareto(summary_or_frame, task: str, out: str | Path) -> list[Path]:
                 label = f"{method} (mean ± std)"
                 params = _finite(r.get("adapter"))
                 if params:
-                    label = f"{method}, {_count_label(params)} params (mean ± std)"
+                    label = f"{method}, {count_label(params, 2)} params (mean ± std)"
                 ax.axhline(y * scale, color=colour, linestyle="--", linewidth=1.2, label=label)
                 ax.axhspan((y - std) * scale, (y + std) * scale, color=colour, alpha=0.15, linewidth=0)
                 continue

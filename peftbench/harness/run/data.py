@@ -186,3 +186,16 @@ def featurize_cached(
     except OSError as e:  # a read-only home must not stop a run
         log.warning("could not cache features at %s (%s)", path, e)
     return feats
+
+
+def check_local_data(task_name: str, source: str) -> None:
+    """Every row of every split a task reads, checked now: a bad row in a local directory fails the sweep
+    before anything trains, named by file and line, instead of failing each run in turn."""
+    if source in ("sample", "hub"):  # bundled rows are checked by the test suite; the hub needs the network
+        return
+    from peftbench import registry
+
+    task = registry.tasks.get(task_name)
+    for split in splits_needed(task):
+        path = split_file(task, source, split)
+        check_rows(task, read_jsonl(path), str(path))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from peftbench import registry
 from peftbench.adapters.base import ApplyPlan, TargetMatrix, find_targets, is_head_param
@@ -17,6 +19,7 @@ from peftbench.config import (
     TrainConfig,
     apply_overrides,
     parse_budget,
+    run_config_from_dict,
     split_overrides,
     to_jsonable,
 )
@@ -176,3 +179,11 @@ def budget_mismatches(configs: list[RunConfig]) -> list[str]:
         if abs(off) > MATCH_TOLERANCE:
             out.append(f"{cfg.task}/{cfg.method} @ {cfg.budget}: {got:,} planned, {off:+.1%} off the request")
     return out
+
+
+def load_resolved(path: str) -> RunConfig:
+    """A resolved config written by the sweep: plain JSON into the typed dataclasses (unknown keys rejected)."""
+    try:
+        return run_config_from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UsageError(f"cannot use resolved config {path} ({type(e).__name__}: {e}); rerun the sweep") from None

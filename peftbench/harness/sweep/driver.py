@@ -7,7 +7,6 @@ unreadable or old-schema records (set aside, rerun)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from peftbench import registry
-from peftbench.config import RunConfig, parse_budget, run_config_from_dict
+from peftbench.config import RunConfig, parse_budget
 from peftbench.errors import UsageError
-from peftbench.harness.run.data import check_rows, read_jsonl, split_file, splits_needed
+from peftbench.harness.run.data import check_local_data
 from peftbench.harness.run.plan import RunRequest, resolve
 from peftbench.harness.sweep.executors import Executor, InlineExecutor, LocalExecutor
 from peftbench.records import load_record, lock_holder, record_path, release_lock, set_aside, try_lock
@@ -70,17 +69,6 @@ def expand(
     return out
 
 
-def check_local_data(task_name: str, source: str) -> None:
-    """Every row of every split a task reads, checked now: a bad row in a local directory fails the sweep
-    before anything trains, named by file and line, instead of failing each run in turn."""
-    if source in ("sample", "hub"):  # bundled rows are checked by the test suite; the hub needs the network
-        return
-    task = registry.tasks.get(task_name)
-    for split in splits_needed(task):
-        path = split_file(task, source, split)
-        check_rows(task, read_jsonl(path), str(path))
-
-
 def plan(requests: list[RunRequest], results: Path) -> list[PlannedRun]:
     """Resolve every config (names, settings, budgets, data) before anything runs, so bad input fails fast."""
     planned: list[PlannedRun] = []
@@ -105,14 +93,6 @@ def plan(requests: list[RunRequest], results: Path) -> list[PlannedRun]:
                 log.warning("%s: %s; it will be set aside and rerun", path, rec.problem)
         planned.append(PlannedRun(cfg, path, rec.ok, status, sig))
     return planned
-
-
-def load_resolved(path: str) -> RunConfig:
-    """A resolved config written by the sweep: plain JSON into the typed dataclasses (unknown keys rejected)."""
-    try:
-        return run_config_from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise UsageError(f"cannot use resolved config {path} ({type(e).__name__}: {e}); rerun the sweep") from None
 
 
 # --- the sweep ------------------------------------------------------------------------------------------------
