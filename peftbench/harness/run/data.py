@@ -17,7 +17,7 @@ from peftbench.tasks.base import Features, TaskSpec
 
 log = logging.getLogger(__name__)
 
-SAMPLE_ROOT = Path(__file__).resolve().parent.parent / "tasks" / "data"
+SAMPLE_ROOT = Path(__file__).resolve().parents[2] / "tasks" / "data"
 _SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
 
 
