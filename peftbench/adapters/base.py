@@ -40,8 +40,7 @@ class TargetMatrix:
 
     @property
     def layer(self) -> int | None:
-        m = _LAYER_INDEX.search("." + self.name + ".")
-        return int(m.group(1)) if m else None
+        return block_index(self.name)
 
     @property
     def kind(self) -> str:
@@ -66,6 +65,12 @@ class BudgetSolution:
     detail: str
 
 
+def block_index(name: str) -> int | None:
+    """Index of the numbered transformer block a module or parameter path lies in, None outside the blocks."""
+    m = _LAYER_INDEX.search("." + name + ".")
+    return int(m.group(1)) if m else None
+
+
 def is_head_param(name: str, head_modules: tuple[str, ...] = HEAD_MODULES) -> bool:
     return name.split(".", 1)[0] in head_modules
 
@@ -76,7 +81,7 @@ def find_targets(model: nn.Module, targets: tuple[str, ...], head_modules: tuple
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or is_head_param(name, head_modules):
             continue
-        if _LAYER_INDEX.search("." + name + ".") is None:
+        if block_index(name) is None:
             continue
         if any(name == t or name.endswith("." + t) for t in targets):
             found.append(TargetMatrix(name, module.in_features, module.out_features))
