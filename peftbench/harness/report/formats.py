@@ -176,9 +176,8 @@ def to_latex(table: Table, standalone: bool = False) -> str:
     ]
     lines += [" & ".join(cell(c) for c in r) + r" \\" for r in rows]
     lines += [r"\hline", r"\end{tabular}"]
-    notes = [rf"\textsuperscript{{{latex_escape(m.symbol)}}} {latex_escape(m.meaning)}" for m in _used_marks(table)] + [
-        latex_escape(s) for s in table.legend
-    ]
+    notes = [rf"\textsuperscript{{{latex_escape(m.symbol)}}} {latex_escape(m.meaning)}" for m in _used_marks(table)]
+    notes += [latex_escape(s) for s in table.legend]
     if notes:
         lines += [r"\par\smallskip", r"\parbox{\linewidth}{\footnotesize\raggedright", " \\\\\n".join(notes) + "}"]
     lines.append(r"\end{table}")
@@ -228,9 +227,8 @@ def _html_table(table: Table) -> str:
     out += ["<tr>" + "".join(cell(c, j) for j, c in enumerate(r)) + "</tr>" for r in rows]
     out.append("</tbody>")
     out.append("</table>")
-    notes = [f"<sup>{esc(m.symbol)}</sup> {esc(m.meaning)}" for m in _used_marks(table)] + [
-        esc(s) for s in table.legend
-    ]
+    notes = [f"<sup>{esc(m.symbol)}</sup> {esc(m.meaning)}" for m in _used_marks(table)]
+    notes += [esc(s) for s in table.legend]
     if notes:
         out.append('<ul class="legend">' + "".join(f"<li>{n}</li>" for n in notes) + "</ul>")
     return "\n".join(out)
