@@ -102,7 +102,7 @@ def _majority(task, train_labels: Sequence, references: Sequence) -> Baseline:
     label = min(y for y, c in counts.items() if c == top)
     share = top / len(train_labels)
     preds = [label] * len(references)
-    note = f"majority class of {len(train_labels)} training rows ({share:.1%} of them)"
+    note = f"label {label} for every row, the majority of {len(train_labels)} training rows ({share:.1%})"
     if sum(1 for c in counts.values() if c == top) > 1:
         note += "; tied with another label, the smallest label taken"
     if "matthews_correlation" in task.metric_names:
