@@ -58,7 +58,7 @@ class AdaLoraLinear(AdditiveDelta):
         if self.merged:
             return self.base(x)
         w = self.base.weight
-        if can_fuse(x, w, self.dropout, self.training) and self.Q.dtype == w.dtype:
+        if can_fuse(x, w, self.dropout, self.training):
             # W + s P diag(lambda) Q in one GEMM (see lora.low_rank_linear); lambda's gradient comes through Q * lam.
             q_lam = self.Q * self.lam.unsqueeze(1)
             training = self.training and self.base.training  # the model's mode (see LoraLinear.fused_training)
