@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from peftbench.adapters.adalora import AdaLoraAdapter, AdaLoraConfig, AdaLoraLinear
+from peftbench.adapters.adalora import AdaLoraAdapter, AdaLoraConfig, AdaLoraLinear, orth_penalty
 from peftbench.adapters.adalora.config import resolve_schedule
 from peftbench.adapters.base import ApplyPlan, find_targets, fmt_count
 from peftbench.errors import BudgetError, UsageError
@@ -352,3 +352,39 @@ def test_curves_are_subsampled():
     steps = [s for s, _ in diag["budget_curve"]]
     assert steps == sorted(steps)
     assert all(isinstance(layer, AdaLoraLinear) for layer in adapter.layers.values())
+
+
+def per_matrix_penalty(layers, squared: bool) -> torch.Tensor:
+    """The regulariser one matrix at a time, as written in the paper and in peft: the reference for the batched
+    orth_penalty."""
+    terms = []
+    for layer in layers:
+        for gram in (layer.P.T @ layer.P, layer.Q @ layer.Q.T):
+            diff = gram - torch.eye(gram.shape[0], dtype=gram.dtype)
+            terms.append((diff * diff).sum() if squared else torch.linalg.matrix_norm(diff, ord="fro"))
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_batched_orth_penalty_equals_the_per_matrix_sum(squared):
+    """Mixed shapes (P of 32x4 and 37x4, Q of 4x32 and 4x37, stacked per shape): the value and every gradient
+    equal the per-matrix loop's, to float64 rounding."""
+    model = tiny_bert(dtype=torch.float64)
+    adapter = ours(model, 20, init_r=4, target_r=2, t_init=2, t_final=4, delta_t=2, orth_squared=squared)
+    drive(model, adapter, range(6))  # P and Q moved off their init, some triplets pruned
+    layers = list(adapter.layers.values())
+    assert len({layer.P.shape for layer in layers}) > 1 and len({layer.Q.shape for layer in layers}) > 1
+    results = []
+    for fn in (lambda: orth_penalty(layers, squared), lambda: per_matrix_penalty(layers, squared)):
+        for layer in layers:
+            layer.P.grad = layer.Q.grad = None
+        value = fn()
+        value.backward()
+        results.append((value.detach(), [(m.P.grad.clone(), m.Q.grad.clone()) for m in layers]))
+    (v1, g1), (v2, g2) = results
+    torch.testing.assert_close(v1, v2, rtol=1e-12, atol=0)
+    for (p1, q1), (p2, q2) in zip(g1, g2, strict=True):
+        torch.testing.assert_close(p1, p2, rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(q1, q2, rtol=1e-10, atol=1e-14)
+    # The extra loss is gamma times it.
+    torch.testing.assert_close(adapter.extra_loss(model).detach(), adapter.config.orth_reg_weight * v2)

@@ -99,6 +99,30 @@ def freeze_all_but_head(model: nn.Module, head_modules: tuple[str, ...] = HEAD_M
         p.requires_grad_(is_head_param(name, head_modules))
 
 
+def store_frozen_as(model: nn.Module, dtype: torch.dtype, head_modules: tuple[str, ...] = HEAD_MODULES) -> int:
+    """Store every frozen floating-point weight matrix outside the head (Linear weights, embedding tables) in
+    `dtype` (bf16 for autocast), in place; returns how many were cast. Trainable parameters (adapters, the
+    head, everything under full fine-tuning) keep their dtype, as their optimizer needs float32 master values.
+
+    Why: autocast casts a weight that requires no gradient again at every call (its cast cache holds only
+    leaves that require grad), so a frozen float32 model pays a weight-sized cast per layer per step for a
+    weight that never changes; stored once in bf16 it is read as is. Vectors (biases, LayerNorm's scale and
+    shift) stay as they are: casting them saves nothing, and CPU LayerNorm rejects bf16 parameters on a float32
+    input, which is what follows a DoRA layer (its output is float32, as peft's). Call it after
+    `Adapter.apply` (which decides what is frozen) and run the model under autocast."""
+    cast = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad or p.dim() < 2 or not p.is_floating_point() or p.dtype == dtype:
+                continue
+            if is_head_param(name, head_modules):
+                continue
+            # Assigning .data keeps the Parameter object, so tied weights stay tied and references stay valid.
+            p.data = p.data.to(dtype)
+            cast += 1
+    return cast
+
+
 def count_params(model: nn.Module, head_modules: tuple[str, ...] = HEAD_MODULES) -> ParamReport:
     trainable = head = total = 0
     for name, p in model.named_parameters():

@@ -31,6 +31,7 @@ from peftbench.adapters.lora import (
     can_fuse,
     low_rank_linear,
     max_rank,
+    scale_rows,
     wrap_targets,
 )
 
@@ -104,19 +105,21 @@ class DoraLinear(LoraLinear):
             # (see lora.low_rank_linear); the cached norm serves the other paths and merge.
             m = self.magnitude
             return low_rank_linear(x, w, bias, self.lora_A, self.lora_B, self.scaling, m, self.fused_training)
+        # g stays in float32 (its parameter's dtype) even when autocast runs the GEMMs in bf16: rounded to bf16,
+        # a change of m below 2^-8 of g would not move the output at all. As peft, the terms scaled by g are
+        # summed in float32 and the sum is rounded once to the base output's dtype.
         g = self.magnitude / self.row_norm()
         if self.training and isinstance(self.dropout, nn.Dropout):
             # As peft and the paper's code: the magnitude rescales W dropout(x), not W x, so W runs twice here.
             xd = self.dropout(x)
             wxd = F.linear(xd, w)
-            g = g.to(wxd.dtype)
             lora = F.linear(F.linear(xd, self.lora_A), self.lora_B)
-            return self.base(x) + (g - 1.0) * wxd + (g * self.scaling) * lora
+            out = self.base(x)
+            return (out + (g - 1.0) * wxd + (g * self.scaling) * lora).to(out.dtype)
         x2 = x.reshape(-1, x.shape[-1])
         # W x + s B (A x), the low-rank product accumulated straight into the base output.
         h = torch.addmm(F.linear(x2, w), F.linear(x2, self.lora_A), self.lora_B.t(), alpha=self.scaling)
-        g = g.to(h.dtype)
-        out = h * g if bias is None else torch.addcmul(bias.to(h.dtype), h, g)
+        out = scale_rows(h, g, bias)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @torch.no_grad()

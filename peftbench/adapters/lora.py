@@ -57,39 +57,50 @@ class _LowRankLinear(torch.autograd.Function):
       The output is then the first d_out columns of that product (row stride d_out + r): it views like any
       tensor whose last dimension is split; merging that dimension with another needs reshape, not view.
     Thin products are laid out r x tokens: a tokens x r GEMM output or a transposed tokens x d operand makes
-    MKL several times slower on these shapes. Rounding differs from the unfused form only in the last bits."""
+    MKL several times slower on these shapes. Rounding differs from the unfused form only in the last bits.
+
+    Under autocast every GEMM runs in W's (half-precision) dtype, as the frozen model's do, while A, B, m and
+    their gradients stay in float32: A and B are rounded only as GEMM operands, the gradients come out of the
+    GEMMs and are widened, and DoRA's row scale g and its gradient never leave float32 (g scales the GEMM's
+    output in float32, rounded once to bf16 as peft does), so a change of m below bf16's resolution still
+    moves the output. W' itself is rounded once to W's dtype, which moves each entry by at most half a
+    unit in its last place, the same rounding the frozen model's own weights have had."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, scaling, magnitude, concat):  # noqa: ANN001 - autograd
-        x2 = x.reshape(-1, x.shape[-1])
-        d_out, r = weight.shape[0], lora_A.shape[0]
-        need_a, need_b = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-        add_bias = bias if magnitude is None else None
-        if concat and need_b:
-            # [W'; A; 0], W' written in place: no weight-sized copy beyond the one addmm makes.
-            pad = _pad(d_out + r)
-            w_cat = weight.new_empty(d_out + r + pad, weight.shape[1])
-            w_eff = torch.addmm(weight, lora_B, lora_A, alpha=scaling, out=w_cat[:d_out])
-            w_cat[d_out : d_out + r] = lora_A
-            w_cat[d_out + r :] = 0.0
-            b_cat = None if add_bias is None else torch.cat([add_bias, add_bias.new_zeros(r + pad)])
-            y = F.linear(x2, w_cat, b_cat)
-            dense = y[:, :d_out]
-            # LoRA: copy the r columns out, so the saved tensor does not keep the whole product alive.
-            xa_t = y[:, d_out : d_out + r].t()
-            xa_t = xa_t if magnitude is not None else xa_t.contiguous()
-        else:
-            w_eff = torch.addmm(weight, lora_B, lora_A, alpha=scaling)
-            dense = F.linear(x2, w_eff, add_bias)
-            # (x A^T)^T is all B's gradient needs from the input; A's needs the input itself.
-            xa_t = torch.mm(lora_A, x2.t()) if need_b else None
-        h = norm = g = None
-        out = dense
-        if magnitude is not None:
-            norm = torch.linalg.vector_norm(w_eff, dim=1)
-            g = magnitude / norm
-            h = dense
-            out = h * g if bias is None else torch.addcmul(bias, h, g)
+        dt = weight.dtype
+        ctx.x_dtype = x.dtype
+        with _autocast_off(x):
+            x2 = x.reshape(-1, x.shape[-1]).to(dt)
+            a_c, b_c = lora_A.to(dt), lora_B.to(dt)
+            d_out, r = weight.shape[0], lora_A.shape[0]
+            need_a, need_b = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+            add_bias = None if bias is None or magnitude is not None else bias.to(dt)
+            if concat and need_b:
+                # [W'; A; 0], W' written in place: no weight-sized copy beyond the one addmm makes.
+                pad = _pad(d_out + r)
+                w_cat = weight.new_empty(d_out + r + pad, weight.shape[1])
+                w_eff = torch.addmm(weight, b_c, a_c, alpha=scaling, out=w_cat[:d_out])
+                w_cat[d_out : d_out + r] = a_c
+                w_cat[d_out + r :] = 0.0
+                b_cat = None if add_bias is None else torch.cat([add_bias, add_bias.new_zeros(r + pad)])
+                y = F.linear(x2, w_cat, b_cat)
+                dense = y[:, :d_out]
+                # LoRA: copy the r columns out, so the saved tensor does not keep the whole product alive.
+                xa_t = y[:, d_out : d_out + r].t()
+                xa_t = xa_t if magnitude is not None else xa_t.contiguous()
+            else:
+                w_eff = torch.addmm(weight, b_c, a_c, alpha=scaling)
+                dense = F.linear(x2, w_eff, add_bias)
+                # (x A^T)^T is all B's gradient needs from the input; A's needs the input itself.
+                xa_t = torch.mm(a_c, x2.t()) if need_b else None
+            h = norm = g = None
+            out = dense
+            if magnitude is not None:
+                norm = _row_norm(w_eff)
+                g = magnitude / norm
+                h = dense
+                out = scale_rows(h, g, bias)
         ctx.scaling = scaling
         ctx.x_shape = x.shape
         # W' is rebuilt in backward (r x d_in x d_out, cheap) rather than kept for every layer until then.
@@ -100,38 +111,62 @@ class _LowRankLinear(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # noqa: ANN001 - autograd signature
         x2, xa_t, weight, lora_A, lora_B, g, norm, h = ctx.saved_tensors
-        go = grad_out.reshape(-1, grad_out.shape[-1])
+        dt = weight.dtype
         need_x, need_bias, need_a, need_b, need_m = (ctx.needs_input_grad[i] for i in (0, 2, 3, 4, 6))
         grad_x = grad_bias = grad_A = grad_B = grad_m = u_t = None
-        if g is not None and need_m:
-            grad_m = _column_dot(go, h) / norm
-        # The row scale multiplies every output row, so it folds into the d_out-sized factors (never into go).
-        col = torch.full_like(lora_B[:, 0], ctx.scaling) if g is None else g * ctx.scaling
-        b_eff = lora_B * col.unsqueeze(1)
-        if need_x:
-            d_in, r = weight.shape[1], lora_B.shape[1]
-            # [g W' | g s B | 0] with W' rebuilt in place, so dy is read once for dx and for dy B.
-            width = d_in + (r + _pad(d_in + r) if need_a else 0)
-            w_back = weight.new_empty(weight.shape[0], width)
-            torch.addmm(weight, lora_B, lora_A, alpha=ctx.scaling, out=w_back[:, :d_in])
-            if g is not None:
-                w_back[:, :d_in].mul_(g.unsqueeze(1))
+        with _autocast_off(grad_out):
+            go = grad_out.reshape(-1, grad_out.shape[-1])
+            if g is not None and need_m:
+                grad_m = _column_dot(go, h) / norm
+            go_c = go.to(dt)
+            # The row scale multiplies every output row, so it folds into the d_out-sized factors (never into go).
+            col = torch.full_like(lora_B[:, 0], ctx.scaling) if g is None else g * ctx.scaling
+            b_eff = (lora_B * col.unsqueeze(1)).to(dt)
+            if need_x:
+                d_in, r = weight.shape[1], lora_B.shape[1]
+                # [g W' | g s B | 0] with W' rebuilt in place, so dy is read once for dx and for dy B.
+                width = d_in + (r + _pad(d_in + r) if need_a else 0)
+                w_back = weight.new_empty(weight.shape[0], width)
+                torch.addmm(weight, lora_B.to(dt), lora_A.to(dt), alpha=ctx.scaling, out=w_back[:, :d_in])
+                if g is not None:
+                    w_back[:, :d_in].mul_(g.unsqueeze(1))
+                if need_a:
+                    w_back[:, d_in : d_in + r] = b_eff
+                    w_back[:, d_in + r :] = 0.0
+                z = torch.mm(go_c, w_back)
+                grad_x = z[:, :d_in].view(ctx.x_shape).to(ctx.x_dtype)
+                u_t = z[:, d_in : d_in + r].t() if need_a else None
+            if need_bias:
+                grad_bias = go.sum(0)
+            # B's gradient first: it reads dy, which the GEMM above has just read.
+            if need_b:
+                grad_B = (torch.mm(xa_t, go_c).to(lora_B.dtype) * col).t()
             if need_a:
-                w_back[:, d_in : d_in + r] = b_eff
-                w_back[:, d_in + r :] = 0.0
-            z = torch.mm(go, w_back)
-            grad_x = z[:, :d_in].view(ctx.x_shape)
-            u_t = z[:, d_in : d_in + r].t() if need_a else None
-        if need_bias:
-            grad_bias = go.sum(0)
-        # B's gradient first: it reads dy, which the GEMM above has just read.
-        if need_b:
-            grad_B = (torch.mm(xa_t, go) * col).t()
-        if need_a:
-            if u_t is None:
-                u_t = torch.mm(b_eff.t().contiguous(), go.t())
-            grad_A = torch.mm(u_t, x2)
+                if u_t is None:
+                    u_t = torch.mm(b_eff.t().contiguous(), go_c.t())
+                grad_A = torch.mm(u_t, x2).to(lora_A.dtype)
         return grad_x, None, grad_bias, grad_A, grad_B, None, grad_m, None
+
+
+def scale_rows(h: torch.Tensor, g: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """g * h + b, computed in g's float32 and rounded once to h's dtype, as peft's DoRA rounds its float32 sum
+    back to the base layer's output dtype: g rounded to bf16 would not see a change of m below 2^-8."""
+    if torch.is_grad_enabled() and (h.requires_grad or g.requires_grad):
+        # out= has no autograd; the cast back is a no-op when everything is float32 already.
+        return (h * g if bias is None else torch.addcmul(bias, h, g)).to(h.dtype)
+    # Without autograd the result is rounded straight into the output tensor.
+    out = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+    return torch.mul(h, g, out=out) if bias is None else torch.addcmul(bias, h, g, out=out)
+
+
+def _autocast_off(t: torch.Tensor):
+    """The fused function chooses every dtype itself; autocast would re-cast its operands (and W' twice)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
+def _row_norm(w: torch.Tensor) -> torch.Tensor:
+    """||w|| per row, accumulated and returned in at least float32 (DoRA's g must not be rounded to bf16)."""
+    return torch.linalg.vector_norm(w, dim=1, dtype=torch.promote_types(w.dtype, torch.float32))
 
 
 def _pad(width: int) -> int:
@@ -142,22 +177,29 @@ def _pad(width: int) -> int:
 
 def _column_dot(a: torch.Tensor, b: torch.Tensor, rows: int = 512) -> torch.Tensor:
     """sum over rows of a * b, a block of rows at a time: a full-size product would be a fresh tokens x d
-    buffer (page faults included) written and read once."""
-    out = torch.zeros(a.shape[1], dtype=a.dtype, device=a.device)
+    buffer (page faults included) written and read once. Accumulated in at least float32 (DoRA's m gradient)."""
+    acc = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    out = torch.zeros(a.shape[1], dtype=acc, device=a.device)
     for i in range(0, a.shape[0], rows):
-        out += (a[i : i + rows] * b[i : i + rows]).sum(0)
+        out += (a[i : i + rows] * b[i : i + rows]).sum(0, dtype=acc)
     return out
 
 
 def can_fuse(x: torch.Tensor, weight: torch.Tensor, dropout: nn.Module, training: bool) -> bool:
-    """Whether `low_rank_linear` applies: a frozen float32/64 W, no active dropout, no autocast (a half-precision
-    W + s B A would round away an update smaller than W's last bit), and activations at least as large as W,
-    below which building W + s B A costs more than the thin products it replaces."""
-    if weight.requires_grad or weight.dtype not in (torch.float32, torch.float64) or x.dtype != weight.dtype:
+    """Whether `low_rank_linear` applies: a frozen W, no active dropout, and activations at least as large as
+    W, below which building W + s B A costs more than the thin products it replaces. Outside autocast W must
+    be float32/64 and match x. Under autocast W must be stored in autocast's dtype (`store_frozen_as`), as the
+    harness stores it: the GEMMs then run in that dtype; an unconverted float32 W takes the unfused path,
+    where autocast casts it per call as it does for the frozen model."""
+    if weight.requires_grad or not x.is_floating_point():
         return False
     if training and not isinstance(dropout, nn.Identity):
         return False
-    if torch.is_autocast_enabled(x.device.type):
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        if weight.dtype != torch.get_autocast_dtype(device):
+            return False
+    elif weight.dtype not in (torch.float32, torch.float64) or x.dtype != weight.dtype:
         return False
     d_out, d_in = weight.shape
     return (x.numel() // d_in) * (d_in + d_out) >= d_in * d_out
@@ -174,15 +216,22 @@ def low_rank_linear(
     training: bool = False,
 ) -> torch.Tensor:
     """g * (x (W + s B A)^T) + b in one GEMM, g = magnitude / ||W + s B A|| per row (DoRA) or 1; W must be
-    frozen. `training` lets the forward share its GEMM with x A^T (see _LowRankLinear); in eval mode the
-    forward is the frozen layer's own GEMM against W + s B A, so with B = 0 the output is the frozen layer's,
-    bit for bit (LoRA)."""
+    frozen. The GEMMs run in W's dtype (see _LowRankLinear for half precision). `training` lets the forward
+    share its GEMM with x A^T (see _LowRankLinear); in eval mode the forward is the frozen layer's own GEMM
+    against W + s B A, so with B = 0 the output is the frozen layer's, bit for bit (LoRA)."""
     if torch.is_grad_enabled():
         return _LowRankLinear.apply(x, weight, bias, lora_A, lora_B, scaling, magnitude, training)
-    w_eff = torch.addmm(weight, lora_B, lora_A, alpha=scaling)
-    if magnitude is not None:
-        w_eff *= (magnitude / torch.linalg.vector_norm(w_eff, dim=1)).unsqueeze(1)
-    return F.linear(x, w_eff, bias)
+    dt = weight.dtype
+    with _autocast_off(x):
+        w_eff = torch.addmm(weight, lora_B.to(dt), lora_A.to(dt), alpha=scaling)
+        if magnitude is None:
+            return F.linear(x.to(dt), w_eff, None if bias is None else bias.to(dt))
+        g = magnitude / _row_norm(w_eff)
+        if dt in (torch.float32, torch.float64):
+            w_eff *= g.unsqueeze(1)
+            return F.linear(x, w_eff, bias)
+        # In half precision g is applied to the output in float32: folded into W' it would be rounded with it.
+        return scale_rows(F.linear(x.to(dt), w_eff), g, bias)
 
 
 class AdditiveDelta(nn.Module):
