@@ -4,11 +4,14 @@ The Ray executor lives in ray_executor.py."""
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +25,37 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def child_env(jobs: int) -> dict[str, str]:
+def child_env(jobs: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a run process: runs at once share the cores instead of each taking all of them
-    (two runs with every core each thrash a small machine). A thread count the user set is kept."""
+    (two runs with every core each thrash a small machine). A thread count the user set is kept. `extra`
+    (a job slot's GPU, see EnvSlots) goes on top."""
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, cpu_count() // max(1, jobs)))
+    env.update(extra or {})
     return env
+
+
+class EnvSlots:
+    """Per-slot environment overrides (devices.assign_gpus: one CUDA_VISIBLE_DEVICES per GPU). A run holds a
+    slot while its process lives, so no two runs at once get the same GPU; with fewer slots than worker
+    threads, the extra threads wait for a slot."""
+
+    def __init__(self, envs: list[dict[str, str]]) -> None:
+        if not envs:
+            raise ValueError("EnvSlots needs at least one slot")
+        self._free: queue.Queue[dict[str, str]] = queue.Queue()
+        for env in envs:
+            self._free.put(dict(env))
+        self.size = len(envs)
+
+    @contextmanager
+    def hold(self) -> Iterator[dict[str, str]]:
+        env = self._free.get()
+        try:
+            yield env
+        finally:
+            self._free.put(env)
 
 
 class Children:
@@ -75,10 +102,27 @@ def run_in_subprocess(
     jobs: int = 1,
     lock_fd: int | None = None,
     children: Children | None = None,
+    slots: EnvSlots | None = None,
 ) -> int:
     """One run in a fresh interpreter: a crash or out-of-memory kills that run only, and its peak memory is
     its own. The child inherits the config's lock, so the config stays locked while it lives. It gets its own
-    session: Ctrl-C reaches the sweep, which stops it. Returns the child's exit code (negative: signal)."""
+    session: Ctrl-C reaches the sweep, which stops it. With `slots`, it runs with a slot's environment (its
+    GPU). Returns the child's exit code (negative: signal)."""
+    if slots is not None:
+        with slots.hold() as extra:
+            return _run_child(cfg, results, quiet, jobs, lock_fd, children, extra)
+    return _run_child(cfg, results, quiet, jobs, lock_fd, children, None)
+
+
+def _run_child(
+    cfg: RunConfig,
+    results: Path,
+    quiet: bool,
+    jobs: int,
+    lock_fd: int | None,
+    children: Children | None,
+    extra: dict[str, str] | None,
+) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, prefix="peftbench-run-") as f:
         f.write(canonical_json(cfg))
         cfg_file = f.name
@@ -86,7 +130,7 @@ def run_in_subprocess(
         cmd = [sys.executable, "-m", "peftbench", "run", "--resolved", cfg_file, "--results", str(results)]
         if quiet:
             cmd.append("--quiet")
-        kw = dict(env=child_env(jobs), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
+        kw = dict(env=child_env(jobs, extra), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
         if children is None:
             return subprocess.run(cmd, **kw).returncode
         proc = children.spawn(cmd, **kw)
