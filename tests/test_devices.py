@@ -153,8 +153,25 @@ def test_multi_process_launch_is_refused(monkeypatch, var):
     assert "started as 4 processes" in msg and "--jobs" in msg and "--executor ray" in msg and "\n" not in msg
 
 
-def test_make_accelerator_on_cpu_in_fp32():
+@pytest.fixture
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)  # later tests build their own Accelerator
+
+
+def test_make_accelerator_switches_precision_within_one_process(_fresh_accelerate_state):
     from peftbench.harness.run.precision import PrecisionChoice
 
-    acc = D.make_accelerator(torch.device("cpu"), PrecisionChoice("fp32", "forced: precision=fp32"))
-    assert acc.device.type == "cpu" and acc.mixed_precision == "no"
+    cpu = torch.device("cpu")
+    bf16 = D.make_accelerator(cpu, PrecisionChoice("bf16", "forced: precision=bf16"))
+    assert bf16.device.type == "cpu" and bf16.mixed_precision == "bf16"
+    with bf16.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    # accelerate alone would refuse this second precision in the same process (inline runs, tests).
+    fp32 = D.make_accelerator(cpu, PrecisionChoice("fp32", "forced: precision=fp32"))
+    assert fp32.mixed_precision == "no"
+    with fp32.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

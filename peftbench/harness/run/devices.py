@@ -66,10 +66,21 @@ def make_accelerator(device: torch.device, choice: PrecisionChoice):
     """An accelerate Accelerator on `device` in `choice`'s precision. accelerate on its own takes the current
     GPU for a single process, so cuda:N is made the current device first."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
+    state = AcceleratorState._shared_state
+    if state and (state.get("_mixed_precision") != choice.mixed_precision or _type(state.get("device")) != device.type):
+        # accelerate keeps one state per process and refuses another precision or device for the rest of it;
+        # runs one after another in one process (the inline executor, tests) may each differ. Safe here: a run
+        # is never distributed (refuse_multiprocess), so there is no process group to lose.
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=device.type == "cpu", mixed_precision=choice.mixed_precision)
+
+
+def _type(device: object) -> str | None:
+    return device.type if isinstance(device, torch.device) else None
 
 
 def _visible_gpu_ids() -> list[str]:
