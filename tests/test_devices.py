@@ -96,6 +96,7 @@ def test_slots_reach_the_child_and_are_not_shared(monkeypatch, tmp_path):
     inside = threading.Barrier(2, timeout=10)
 
     def fake_run(cmd, env=None, **kw):
+        assert cmd[-2:] == ["--device", "cuda"]  # cuda:1 for the sweep is the child's only GPU, cuda:0
         seen.append(env["CUDA_VISIBLE_DEVICES"])
         inside.wait()  # both children alive at once: they must hold different slots
         return subprocess.CompletedProcess(cmd, 0)
@@ -103,9 +104,8 @@ def test_slots_reach_the_child_and_are_not_shared(monkeypatch, tmp_path):
     monkeypatch.setattr(X.subprocess, "run", fake_run)
     monkeypatch.setattr(X, "canonical_json", lambda cfg: "{}")
     slots = X.EnvSlots([{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}])
-    threads = [
-        threading.Thread(target=X.run_in_subprocess, args=(None, tmp_path), kwargs={"slots": slots}) for _ in range(2)
-    ]
+    kw = {"slots": slots, "device": "cuda:1"}
+    threads = [threading.Thread(target=X.run_in_subprocess, args=(None, tmp_path), kwargs=kw) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -114,6 +114,15 @@ def test_slots_reach_the_child_and_are_not_shared(monkeypatch, tmp_path):
     # Both slots are back: two more children can hold them.
     with slots.hold() as a, slots.hold() as b:
         assert {a["CUDA_VISIBLE_DEVICES"], b["CUDA_VISIBLE_DEVICES"]} == {"0", "1"}
+
+
+def test_without_slots_the_device_is_passed_as_given(monkeypatch, tmp_path):
+    cmds: list[list[str]] = []
+    monkeypatch.setattr(X.subprocess, "run", lambda cmd, **kw: cmds.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(X, "canonical_json", lambda cfg: "{}")
+    X.run_in_subprocess(None, tmp_path, device="cuda:1")
+    X.run_in_subprocess(None, tmp_path)
+    assert cmds[0][-2:] == ["--device", "cuda:1"] and "--device" not in cmds[1]
 
 
 def test_child_env_keeps_the_thread_split_and_adds_the_slot(monkeypatch):

@@ -103,15 +103,18 @@ def run_in_subprocess(
     lock_fd: int | None = None,
     children: Children | None = None,
     slots: EnvSlots | None = None,
+    device: str | None = None,
 ) -> int:
     """One run in a fresh interpreter: a crash or out-of-memory kills that run only, and its peak memory is
     its own. The child inherits the config's lock, so the config stays locked while it lives. It gets its own
     session: Ctrl-C reaches the sweep, which stops it. With `slots`, it runs with a slot's environment (its
-    GPU). Returns the child's exit code (negative: signal)."""
+    GPU); `device` is passed on as `run --device`. Returns the child's exit code (negative: signal)."""
     if slots is not None:
+        if device is not None and device.startswith("cuda"):
+            device = "cuda"  # the slot's CUDA_VISIBLE_DEVICES shows the child its one GPU as cuda:0
         with slots.hold() as extra:
-            return _run_child(cfg, results, quiet, jobs, lock_fd, children, extra)
-    return _run_child(cfg, results, quiet, jobs, lock_fd, children, None)
+            return _run_child(cfg, results, quiet, jobs, lock_fd, children, extra, device)
+    return _run_child(cfg, results, quiet, jobs, lock_fd, children, None, device)
 
 
 def _run_child(
@@ -122,6 +125,7 @@ def _run_child(
     lock_fd: int | None,
     children: Children | None,
     extra: dict[str, str] | None,
+    device: str | None,
 ) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, prefix="peftbench-run-") as f:
         f.write(canonical_json(cfg))
@@ -130,6 +134,8 @@ def _run_child(
         cmd = [sys.executable, "-m", "peftbench", "run", "--resolved", cfg_file, "--results", str(results)]
         if quiet:
             cmd.append("--quiet")
+        if device is not None:
+            cmd += ["--device", device]
         kw = dict(env=child_env(jobs, extra), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
         if children is None:
             return subprocess.run(cmd, **kw).returncode
