@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import subprocess
 import sys
 import tempfile
@@ -59,13 +60,37 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def child_env(jobs: int) -> dict[str, str]:
+def child_env(jobs: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a run process: runs at once share the cores instead of each taking all of them
-    (two runs with every core each thrash a small machine). A thread count the user set is kept."""
+    (two runs with every core each thrash a small machine). A thread count the user set is kept. `extra`
+    (a job slot's GPU, see EnvSlots) goes on top."""
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, cpu_count() // max(1, jobs)))
+    env.update(extra or {})
     return env
+
+
+class EnvSlots:
+    """Per-slot environment overrides (devices.assign_gpus: one CUDA_VISIBLE_DEVICES per GPU). A run holds a
+    slot while its process lives, so no two runs at once get the same GPU; with fewer slots than worker
+    threads, the extra threads wait for a slot."""
+
+    def __init__(self, envs: list[dict[str, str]]) -> None:
+        if not envs:
+            raise ValueError("EnvSlots needs at least one slot")
+        self._free: queue.Queue[dict[str, str]] = queue.Queue()
+        for env in envs:
+            self._free.put(dict(env))
+        self.size = len(envs)
+
+    @contextmanager
+    def hold(self) -> Iterator[dict[str, str]]:
+        env = self._free.get()
+        try:
+            yield env
+        finally:
+            self._free.put(env)
 
 
 class Children:
@@ -112,13 +137,36 @@ def run_in_subprocess(
     jobs: int = 1,
     lock_fd: int | None = None,
     children: Children | None = None,
+    slots: EnvSlots | None = None,
+    device: str | None = None,
 ) -> int:
     """One run in a fresh interpreter: a crash or out-of-memory kills that run only, and its peak memory is
     its own. The child inherits the config's lock, so the config stays locked while it lives. It gets its own
-    session: Ctrl-C reaches the sweep, which stops it. Returns the child's exit code (negative: signal)."""
+    session: Ctrl-C reaches the sweep, which stops it. With `slots`, it runs with a slot's environment (its
+    GPU); `device` is passed on as `run --device`. Returns the child's exit code (negative: signal)."""
+    if slots is not None:
+        if device is not None and device.startswith("cuda"):
+            device = "cuda"  # the slot's CUDA_VISIBLE_DEVICES shows the child its one GPU as cuda:0
+        with slots.hold() as extra:
+            return _run_child(cfg, results, quiet, jobs, lock_fd, children, extra, device)
+    return _run_child(cfg, results, quiet, jobs, lock_fd, children, None, device)
+
+
+def _run_child(
+    cfg: RunConfig,
+    results: Path,
+    quiet: bool,
+    jobs: int,
+    lock_fd: int | None,
+    children: Children | None,
+    extra: dict[str, str] | None,
+    device: str | None,
+) -> int:
     with resolved_file(canonical_json(cfg)) as cfg_file:
         cmd = run_command(cfg_file, str(results), quiet)
-        kw = dict(env=child_env(jobs), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
+        if device is not None:
+            cmd += ["--device", device]
+        kw = dict(env=child_env(jobs, extra), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
         if children is None:
             return subprocess.run(cmd, **kw).returncode
         proc = children.spawn(cmd, **kw)
@@ -131,16 +179,21 @@ def run_in_subprocess(
 
 
 class LocalExecutor:
-    """A fresh interpreter per run, `jobs` at once."""
+    """A fresh interpreter per run, `jobs` at once; with GPU slots (devices.assign_gpus), one run per GPU."""
 
-    def __init__(self) -> None:
+    def __init__(self, env_slots: EnvSlots | None = None, device: str | None = None) -> None:
         self.children = Children()
+        self.env_slots = env_slots
+        self.device = device
 
     def slots(self, jobs: int) -> int:
-        return max(1, jobs)
+        return self.env_slots.size if self.env_slots is not None else max(1, jobs)
 
     def run(self, cfg: RunConfig, results: Path, quiet: bool, jobs: int, lock_fd: int) -> int:
-        return run_in_subprocess(cfg, results, quiet, jobs=jobs, lock_fd=lock_fd, children=self.children)
+        return run_in_subprocess(
+            cfg, results, quiet, jobs=jobs, lock_fd=lock_fd, children=self.children, slots=self.env_slots,
+            device=self.device,
+        )  # fmt: skip
 
     def stop(self) -> None:
         self.children.stop_all()
