@@ -18,9 +18,14 @@ MODEL ?= minilm-l6
 PROFILE ?= quick
 RESULTS ?= results
 JOBS ?= 1
-DEVICE ?= cpu
+# auto: the first GPU when there is one, else the CPU (make perf: cpu unless DEVICE=cuda).
+DEVICE ?= auto
+# auto: bf16 where the hardware multiplies it natively (GPUs with bf16, CPUs with AMX/AVX512-BF16), else fp32.
+PRECISION ?= auto
 
 budget_flag = $(if $(filter none,$(BUDGETS)),,--budgets $(BUDGETS))
+precision_flag = $(if $(filter auto,$(PRECISION)),,--set precision=$(PRECISION))
+perf_device = $(if $(filter auto,$(DEVICE)),cpu,$(DEVICE))
 
 .PHONY: venv test test-fast bench regress regress-update perf lint clean-runs
 
@@ -44,7 +49,8 @@ test-fast: venv
 
 bench: venv
 	HF_HUB_OFFLINE=1 $(PEFTBENCH) sweep --tasks $(TASK) --methods $(METHODS) $(budget_flag) --seeds $(SEEDS) \
-		--data $(DATA) --model $(MODEL) --profile $(PROFILE) --results $(RESULTS) --jobs $(JOBS)
+		--data $(DATA) --model $(MODEL) --profile $(PROFILE) --results $(RESULTS) --jobs $(JOBS) \
+		--device $(DEVICE) $(precision_flag)
 
 # The CI accuracy gate: the fixed suite against results/baselines/regress.json (exit 1 on a regression).
 regress: venv
@@ -59,7 +65,7 @@ regress-update: venv
 PERF_METHODS ?= full,lora,dora,adalora
 
 perf: venv
-	HF_HUB_OFFLINE=1 $(PEFTBENCH) perf --device $(DEVICE) --methods $(PERF_METHODS)
+	HF_HUB_OFFLINE=1 $(PEFTBENCH) perf --device $(perf_device) --methods $(PERF_METHODS)
 
 lint: venv
 	$(VENV)/bin/ruff check peftbench tests scripts

@@ -34,7 +34,7 @@ TARGETS = [
     "SST-2 epoch, length-grouped >= 3x faster than padded to 128",
     "harness overhead <= 5% of a bare loop (training, CPU time)",
     "harness overhead <= 5% of a bare loop (whole run, CPU time)",
-    "peftbench >= 1.5x faster than Trainer + peft (whole run, CPU time)",
+    "peftbench >= 1.3x faster than Trainer + peft (whole run, CPU time)",
     "same accuracy within noise",
 ]
 

@@ -34,6 +34,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_set_option(p, "override a method or train setting (repeatable), e.g. --set r=16 --set lr=5e-4")
     p.add_argument("--results", default="results", type=Path, help="results directory (records go to runs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (the first GPU, else the CPU) | cpu | cuda | cuda:N; with --jobs N and several GPUs, one each",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,10 +135,13 @@ def cmd_list(args) -> int:
 
 def cmd_run(args) -> int:
     from peftbench.harness.run.data import check_local_data
+    from peftbench.harness.run.devices import parse_device, refuse_multiprocess
     from peftbench.harness.run.plan import RunRequest, load_resolved, resolve
     from peftbench.harness.run.runner import execute
     from peftbench.records import lock_holder, record_path, release_lock, try_lock
 
+    refuse_multiprocess()
+    parse_device(args.device)  # a GPU asked for on a machine without one fails here, before anything is written
     if args.resolved:
         cfg = load_resolved(args.resolved)
     else:
@@ -149,6 +157,7 @@ def cmd_run(args) -> int:
                 budget=args.budget,
                 sets=tuple(args.sets),
                 profile=args.profile,
+                device=args.device,
             )
         )
     # A sweep's child (--resolved) inherits the sweep's lock on this config; a run started by hand takes its own.
@@ -164,7 +173,11 @@ def cmd_run(args) -> int:
             )
     try:
         rec = execute(
-            cfg, args.results, progress=not args.quiet and sys.stderr.isatty(), save_adapter=args.save_adapter
+            cfg,
+            args.results,
+            progress=not args.quiet and sys.stderr.isatty(),
+            save_adapter=args.save_adapter,
+            device=args.device,
         )
     finally:
         if lock is not None:
@@ -183,11 +196,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from peftbench.harness.run.devices import assign_gpus, parse_device, refuse_multiprocess
     from peftbench.harness.sweep.driver import expand, plan, run_sweep
     from peftbench.records import load_record
 
     if args.jobs < 1:
         raise UsageError(f"--jobs must be 1 or more, got {args.jobs}")
+    refuse_multiprocess()
+    parse_device(args.device)
     for flag, values in (("--tasks", args.tasks), ("--methods", args.methods), ("--seeds", args.seeds)):
         if not values:
             raise UsageError(f"{flag} is empty; give a comma-separated list (see `peftbench list`)")
@@ -200,6 +216,7 @@ def cmd_sweep(args) -> int:
         data=args.data,
         sets=tuple(args.sets),
         profile=args.profile,
+        device=args.device,
     )
     planned = plan(requests, args.results)
     if args.dry_run:
@@ -223,6 +240,8 @@ def cmd_sweep(args) -> int:
             progress=not args.quiet and sys.stderr.isatty(),
             ray_address=args.address,
             ray_resources={"num_cpus": args.cpus_per_run, "num_gpus": args.gpus_per_run},
+            device=args.device,
+            gpu_envs=assign_gpus(args.jobs, args.device) if args.executor == "local" else None,
         )
     except KeyboardInterrupt:
         finished = sum(load_record(p.record).ok for p in planned)

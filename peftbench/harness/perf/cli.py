@@ -36,6 +36,12 @@ def add_subcommand(sub) -> None:
     p.add_argument(
         "--methods", type=names, default=None, help="registered methods to time (default: every registered method)"
     )
+    p.add_argument(
+        "--precisions",
+        type=names,
+        default=None,
+        help="fp32, bf16 (fp16 on GPUs): each section in each, side by side (default: fp32 and what auto picks here)",
+    )
     p.add_argument("--shapes", type=names, default=list(SHAPES), help="fixed (32x128), sst2, mnli")
     p.add_argument("--sections", type=names, default=list(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
     p.add_argument(
@@ -86,6 +92,9 @@ def _check(args) -> None:
         args.methods = registry.adapters.names()
     for m in args.methods:
         registry.adapters.get(m)  # an unknown name raises a UsageError listing close matches
+    bad = [p for p in args.precisions or () if p not in ("fp32", "bf16", "fp16")]
+    if bad:
+        raise UsageError(f"unknown perf precision {bad[0]!r}; choose from fp32, bf16, fp16")
     if args.warmup is not None and args.warmup < 1:
         raise UsageError(f"perf --warmup must be >= 1, got {args.warmup}")
     if args.steps is not None and args.steps < 1:
@@ -141,6 +150,8 @@ def command_line(args) -> str:
         parts += ["--peak-tflops", str(args.peak_tflops)]
     if args.no_peft:
         parts.append("--no-peft")
+    if getattr(args, "precisions", None):
+        parts += ["--precisions", ",".join(args.precisions)]
     return " ".join(parts)
 
 
@@ -170,29 +181,41 @@ def cmd_perf(args) -> int:
     args.threads = args.threads if args.threads is not None else 0
     with_peft = not args.no_peft and importlib.util.find_spec("peft") is not None
     transformers.logging.set_verbosity_error()
-    from accelerate import Accelerator
+    from peftbench.harness.run.devices import make_accelerator
+    from peftbench.harness.run.precision import choose_precision
 
-    # The step benchmark takes the harness's own step, so it needs the accelerator a run would have.
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if device.type == "cuda" else "no")
-    autocast = accelerator.autocast
+    if args.precisions is None:
+        args.precisions = list(dict.fromkeys(["fp32", choose_precision("auto", device).precision]))
     started = datetime.now(timezone.utc)
     cpu0 = time.process_time()
+    data: dict = {"by_precision": {}}
     with tempfile.TemporaryDirectory(prefix="peftbench-perf-model-") as tmp:
         from peftbench.harness.run.models import resolve_model
 
         model_name = str(_bert_base_dir(Path(tmp))) if args.model_config else args.model
         model_ref = resolve_model(model_name)
-        data = {"steps": {}, "e2e": {}, "profiles": {}}
-        if "steps" in args.sections:
-            data["steps"], data["profiles"], data["model"] = _run_steps(args, model_ref, device, accelerator, with_peft)
-        e2e_sections = {s for s in args.sections if s != "steps"}
-        if e2e_sections:
-            from peftbench.harness.perf.e2e import run_e2e
+        for precision in args.precisions:
+            choice = choose_precision(precision, device)
+            # The step benchmark takes the harness's own step, so it needs the accelerator a run would have.
+            accelerator = make_accelerator(device, choice)
+            part: dict = {"steps": {}, "e2e": {}, "profiles": {}, "precision": precision, "reason": choice.reason}
+            log.info("perf: %s (%s)", precision, choice.reason)
+            if "steps" in args.sections:
+                part["steps"], part["profiles"], data["model"] = _run_steps(
+                    args, model_ref, device, accelerator, with_peft, precision
+                )
+            e2e_sections = {s for s in args.sections if s != "steps"}
+            if e2e_sections:
+                from peftbench.harness.perf.e2e import run_e2e
 
-            data["e2e"] = run_e2e(
-                model_name, model_ref, device, autocast, args.epoch_rows, args.e2e_rows, args.e2e_batch_size,
-                args.eval_rows, e2e_sections, with_peft,
-            )  # fmt: skip
+                part["e2e"] = run_e2e(
+                    model_name, model_ref, device, accelerator.autocast, args.epoch_rows, args.e2e_rows,
+                    args.e2e_batch_size, args.eval_rows, e2e_sections, with_peft, precision,
+                )  # fmt: skip
+            data["by_precision"][precision] = part
+    # The first precision's parts also at the top level, where the single-precision parts of the report read them.
+    first = data["by_precision"][args.precisions[0]]
+    data.update(steps=first["steps"], e2e=first["e2e"], profiles=first["profiles"])
     data["command"] = command_line(args)
     data["started"] = started.isoformat(timespec="seconds")
     data["minutes"] = (datetime.now(timezone.utc) - started).total_seconds() / 60
@@ -207,7 +230,7 @@ def cmd_perf(args) -> int:
     return 0
 
 
-def _run_steps(args, model_ref, device, accelerator, with_peft):
+def _run_steps(args, model_ref, device, accelerator, with_peft, precision="fp32"):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -223,7 +246,8 @@ def _run_steps(args, model_ref, device, accelerator, with_peft):
         "layers": base.config.num_hidden_layers,
         "hidden": base.config.hidden_size,
     }
-    runs = ps.build_methods(base, args.methods, with_peft, device, accelerator)
+    frozen = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    runs = ps.build_methods(base, args.methods, with_peft, device, accelerator, frozen)
     peak = _peak_flops(args, device)
     results, profiles = {}, {}
     for k, shape in enumerate(args.shapes):

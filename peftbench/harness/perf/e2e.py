@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from peftbench import registry
-from peftbench.adapters.base import ApplyPlan
+from peftbench.adapters.base import ApplyPlan, store_frozen_as
 from peftbench.config import DEFAULT_TARGETS, ModelRef
 from peftbench.errors import UsageError
 from peftbench.harness.run.data import load_rows
@@ -40,6 +40,7 @@ class E2EConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
 
     method: str = field(default="", metadata={"help": "the method (default: the reference method, LoRA)"})
+    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 | fp16: the same for every peer"})
 
     def __post_init__(self) -> None:
         if not self.method:
@@ -60,6 +61,7 @@ class E2EConfig:
             "warmup_ratio": self.warmup_ratio,
             "max_grad_norm": self.max_grad_norm,
             "lr": self.lr,
+            "precision": self.precision,
         }
         base.update(extra)
         return tuple(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in base.items())
@@ -120,6 +122,9 @@ def harness_run(model: str, cfg: E2EConfig, tmp: Path, **extra: Any) -> dict[str
     }
 
 
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def reference_method() -> str:
     """The method every other is compared with (Adapter.is_reference; LoRA among the built-ins)."""
     found = [n for n in registry.adapters.names() if registry.adapters.get(n).is_reference]
@@ -161,6 +166,8 @@ def bare_loop(model_ref: ModelRef, cfg: E2EConfig, device: torch.device, autocas
         steps = math.ceil(len(train_rows) / cfg.batch_size)
         cls = registry.adapters.get(cfg.method)
         model = cls(cls.config_cls()).apply(model, ApplyPlan(steps, DEFAULT_TARGETS)).to(device).train()
+        if cfg.precision != "fp32":
+            store_frozen_as(model, _DTYPES[cfg.precision])  # as the runner does
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         sched = linear_schedule(opt, int(cfg.warmup_ratio * steps), steps)
@@ -250,7 +257,8 @@ def trainer_run(model_ref: ModelRef, cfg: E2EConfig, device: torch.device, tmp: 
             per_device_eval_batch_size=cfg.eval_batch_size, learning_rate=cfg.lr, num_train_epochs=1,
             warmup_steps=cfg.warmup_ratio, weight_decay=0.0, max_grad_norm=cfg.max_grad_norm,
             lr_scheduler_type="linear", logging_strategy="no", save_strategy="no", eval_strategy="no",
-            report_to="none", seed=cfg.seed, use_cpu=device.type == "cpu", bf16=device.type == "cuda",
+            report_to="none", seed=cfg.seed, use_cpu=device.type == "cpu", bf16=cfg.precision == "bf16",
+            fp16=cfg.precision == "fp16", train_sampling_strategy="group_by_length",
             disable_tqdm=True, dataloader_num_workers=0,
         )  # fmt: skip
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tok))
@@ -284,18 +292,20 @@ def run_e2e(
     eval_rows: int,
     sections: set[str],
     with_peft: bool,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    """Every peer in `precision`; the Trainer peer as a careful user configures it: length-grouped batches."""
+    out: dict[str, Any] = {"precision": precision}
     with tempfile.TemporaryDirectory(prefix="peftbench-perf-") as d:
         tmp = Path(d)
         if "padding" in sections:
             # A small evaluation: only the epoch's training time is compared here.
-            pcfg = E2EConfig(rows=epoch_rows, eval_rows=64)
+            pcfg = E2EConfig(rows=epoch_rows, eval_rows=64, precision=precision)
             log.info("perf: SST-2 epoch over %d rows, length-grouped then padded to 128", epoch_rows)
             grouped = harness_run(model_name, pcfg, tmp, group_by_length=True)
             padded = harness_run(model_name, pcfg, tmp, group_by_length=False)
             out["padding"] = {"rows": epoch_rows, "grouped": grouped, "padded": padded}
-        cfg = E2EConfig(rows=e2e_rows, eval_rows=eval_rows, batch_size=e2e_batch_size)
+        cfg = E2EConfig(rows=e2e_rows, eval_rows=eval_rows, batch_size=e2e_batch_size, precision=precision)
         if "harness" in sections or "trainer" in sections:
             log.info("perf: SST-2 run of %d rows through the sweep path", e2e_rows)
             out["harness"] = harness_run(model_name, cfg, tmp)

@@ -30,8 +30,10 @@ WHY_MISSED = {
     "harness overhead": "Both runs do the same steps one after the other; compare the training rows first "
     "(the harness's loop: collate from token lists, loss.item(), the token count), then setup (data checks "
     "row by row, the model and data hashes, the feature cache, record files).",
-    "peftbench >= 1.5x": "Trainer's cost over ours is padding (random batches padded to their longest row) and "
-    "its per-step machinery; with train_sampling_strategy='group_by_length' it would do the same work as ours.",
+    "peftbench >= 1.3x": "The peer is Trainer + peft as a careful user configures it (length-grouped batches, "
+    "the same precision), so both do the same arithmetic: what is left is start-up (imports, datasets.map "
+    "tokenisation, model load), Trainer's per-step machinery, and evaluation. Closing it means less of our own "
+    "start-up and evaluation time, not faster steps.",
     "same accuracy": "Runs differ in batch order (random vs length-grouped) and optimizer implementation; "
     "compare over several seeds before concluding that one trains worse.",
 }
@@ -96,7 +98,7 @@ def targets(data: dict) -> list[dict[str, Any]]:
         out.append(_target(f"harness overhead <= 5% of a bare loop ({label}, {clock})", v, 0.05, "<="))
     t = e2e.get("trainer")
     v = t[run] / h[run] if t and h else None
-    out.append(_target(f"peftbench >= 1.5x faster than Trainer + peft (whole run, {clock})", v, 1.5, ">="))
+    out.append(_target(f"peftbench >= 1.3x faster than Trainer + peft (whole run, {clock})", v, 1.3, ">="))
     if t and h:
         n = e2e["config"]["eval_rows"]
         p = (t["accuracy"] + h["accuracy"]) / 2
@@ -177,8 +179,53 @@ def render(data: dict, args, device) -> str:
         md += _steps_table(shape, s, args, device)
     md += _profiles(data)
     md += _e2e(data)
+    md += _other_precisions(data, args, device)
     md += _method_notes(data, device)
     return "\n".join(md) + "\n"
+
+
+def _other_precisions(data: dict, args, device) -> list[str]:
+    """The same sections in each further precision, then each one's speed-up over the first."""
+    parts = data.get("by_precision") or {}
+    if len(parts) < 2:
+        return []
+    names = list(parts)
+    first = parts[names[0]]
+    md: list[str] = []
+    for name in names[1:]:
+        part = {**data, **parts[name]}
+        md += ["", f"# In {name} ({parts[name]['reason']})", "", "## Targets", ""]
+        md += ["| target | measured | limit | status |", "|---|---|---|---|"]
+        for t in targets(part):
+            v = "" if t["value"] is None else f"{t['value']:.3f}"
+            md.append(f"| {t['target']} | {v} | {t['op']} {t['limit']:.3g} | {_status(t)} |")
+        for shape, s in part["steps"].items():
+            md += _steps_table(shape, s, args, device)
+        md += _profiles(part)
+        md += _e2e(part)
+        md += _speedups(names[0], first, name, parts[name])
+    return md
+
+
+def _speedups(base_name: str, base: dict, name: str, part: dict) -> list[str]:
+    md = ["", f"## {name} vs {base_name}: speed-up ({base_name} time / {name} time)", ""]
+    md += ["| what | " + " | ".join(part["steps"]) + " |", "|---|" + "---|" * len(part["steps"])]
+    methods = [r["method"] for r in next(iter(part["steps"].values()), {"rows": []})["rows"]]
+    for m in methods:
+        cells = []
+        for shape, s in part["steps"].items():
+            a = next((r for r in base["steps"].get(shape, {}).get("rows", []) if r["method"] == m), None)
+            b = next((r for r in s["rows"] if r["method"] == m), None)
+            key = "cpu_ms" if s.get("timer") == "cpu" else "wall_ms"
+            cells.append(f"{a[key] / b[key]:.2f}x" if a and b and b[key] else "")
+        md.append(f"| step: {m} | " + " | ".join(cells) + " |")
+    e_a, e_b = base.get("e2e") or {}, part.get("e2e") or {}
+    for peer in ("harness", "bare", "trainer"):
+        if peer in e_a and peer in e_b:
+            w = e_a[peer]["wall_s"] / e_b[peer]["wall_s"]
+            acc = f"accuracy {e_a[peer]['accuracy']:.3f} -> {e_b[peer]['accuracy']:.3f}"
+            md.append(f"| whole run: {peer} (wall; {acc}) | {w:.2f}x |" + " |" * (len(part["steps"]) - 1))
+    return md
 
 
 def _steps_table(shape: str, s: dict, args, device) -> list[str]:
@@ -268,8 +315,9 @@ def _e2e(data: dict) -> list[str]:
         md.append(
             f"Same {cfg['rows']} SST-2 rows, 1 epoch, batch {cfg['batch_size']}, lr {cfg['lr']:g} (linear, 6% "
             "warm-up), LoRA r=8 alpha=16 on the same targets, clipping 1.0, seed 0; accuracy on "
-            f"{n} validation rows. Trainer as users write it: datasets.map tokenisation, DataCollatorWithPadding, "
-            "random batches, its default optimizer."
+            f"{n} validation rows, precision {e2e.get('precision', 'fp32')} for both. Trainer as a careful user "
+            "configures it: datasets.map tokenisation, DataCollatorWithPadding, length-grouped batches "
+            "(train_sampling_strategy='group_by_length'), the same precision, its default optimizer."
         )
         md += ["", *header, _e2e_row("peftbench", h), _e2e_row("Trainer + peft", t)]
         md += [
@@ -278,8 +326,7 @@ def _e2e(data: dict) -> list[str]:
             f"({_pick(t, 'train', cpu) / _pick(h, 'train', cpu):.2f}x in training; {clock} time); accuracy "
             f"differs by {100 * (h['accuracy'] - t['accuracy']):+.2f} points, against a standard error of the "
             f"difference of {100 * se:.2f} points for {n} examples (one seed each: the evaluation's sampling "
-            "noise, a lower bound on seed noise). Trainer pads each random batch to its longest row; its "
-            "train_sampling_strategy='group_by_length' would close part of the gap.",
+            "noise, a lower bound on seed noise).",
         ]
     return md
 
@@ -328,7 +375,8 @@ NOTES_FLOPS = (
     "(input gradients only), attention and adapter branches 3x; divided by step wall time and the device's "
     "dense bf16 peak (table in perf.py, or --peak-tflops). Empty on CPU without --peak-tflops.",
     "Native adapters in float32 without dropout run as one GEMM against W + s B A "
-    "(peftbench/adapters/lora.py, low_rank_linear); under autocast (GPU) they take the unfused path.",
+    "(peftbench/adapters/lora.py, low_rank_linear); under autocast the same fused path runs when the frozen "
+    "weights are stored in the autocast dtype, as runs and these steps store them.",
 )
 
 

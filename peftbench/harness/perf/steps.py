@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from peftbench import registry
-from peftbench.adapters.base import ApplyPlan, count_params, find_targets
+from peftbench.adapters.base import ApplyPlan, count_params, find_targets, store_frozen_as
 from peftbench.config import DEFAULT_TARGETS
 from peftbench.harness.perf.profile import PeakAllocated
 from peftbench.harness.run.train import Stepper
@@ -113,12 +113,20 @@ def _floor_step(model, accelerator):
 
 
 def build_methods(
-    base: nn.Module, methods: list[str], with_peft: bool, device: torch.device, accelerator
+    base: nn.Module, methods: list[str], with_peft: bool, device: torch.device, accelerator, frozen_dtype=None
 ) -> list[MethodRun]:
-    """The floor, each method as built by its adapter, and (with_peft) each method's peft twin where it has one."""
+    """The floor, each method as built by its adapter, and (with_peft) each method's peft twin where it has one.
+    With `frozen_dtype` (bf16 runs) every model's frozen weights are stored in it, as the runner stores them."""
+
+    def stored(model: nn.Module) -> nn.Module:
+        if frozen_dtype is not None:
+            store_frozen_as(model, frozen_dtype)
+        return model
+
     runs: list[MethodRun] = []
     floor = copy.deepcopy(base).to(device).train()
     floor.requires_grad_(False)
+    stored(floor)
     runs.append(MethodRun("floor", "floor", "floor", floor, _floor_step(floor, accelerator), storage_bytes(floor)))
     plan = ApplyPlan(total_steps=TOTAL_STEPS, targets=DEFAULT_TARGETS)
     target = peft_target_regex(base, DEFAULT_TARGETS)
@@ -127,7 +135,7 @@ def build_methods(
         cls = registry.adapters.get(name)
         config = cls.config_cls()
         adapter = cls(config)
-        model = adapter.apply(copy.deepcopy(base), plan).to(device).train()
+        model = stored(adapter.apply(copy.deepcopy(base), plan).to(device).train())
         report = count_params(model)
         # Full fine-tuning trains the encoder: its Linear layers pay weight gradients, not adapter branches.
         trains_base = report.adapter > report.total // 2
@@ -139,7 +147,7 @@ def build_methods(
         if twin is not None:
             import peft
 
-            pmodel = peft.get_peft_model(copy.deepcopy(base), twin.config).to(device).train()
+            pmodel = stored(peft.get_peft_model(copy.deepcopy(base), twin.config).to(device).train())
             step = _step(pmodel, _PeftHooks(twin.on_step_end), cls.default_lr, accelerator)
             twins.append(MethodRun(f"peft {name}", name, "peft", pmodel, step, storage_bytes(pmodel), flops))
     return runs + twins

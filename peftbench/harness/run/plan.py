@@ -25,7 +25,9 @@ from peftbench.config import (
 )
 from peftbench.errors import BudgetError, UsageError
 from peftbench.harness.run.data import count_rows, data_fingerprint, split_file
+from peftbench.harness.run.devices import parse_device
 from peftbench.harness.run.models import resolve_model
+from peftbench.harness.run.precision import PRECISIONS, choose_precision
 from peftbench.harness.run.train import plan_steps
 from peftbench.registry import unknown_name_message
 
@@ -42,6 +44,8 @@ class RunRequest:
     budget: str | None = None
     sets: tuple[str, ...] = ()
     profile: str = "quick"
+    # Where it will run: `precision=auto` is resolved for this device, so the config (and its hash) says what ran.
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ def resolve(req: RunRequest) -> RunConfig:
     if train.max_length <= 0:
         train = dataclasses.replace(train, max_length=task.max_length)
     _check_train(train)
+    choice = choose_precision(train.precision, parse_device(req.device))
+    train = dataclasses.replace(train, precision=choice.precision)
     method_cfg = apply_overrides(adapter_cls.config_cls, adapter_cls.config_cls(), m_over, req.method)
     data_hash = data_fingerprint(task, req.data)
     requested = None
@@ -147,8 +153,8 @@ def _check_train(t: TrainConfig) -> None:
             raise UsageError(f"train setting {name} must be >= 1, got {getattr(t, name)}")
     if t.epochs <= 0 and t.max_steps <= 0:
         raise UsageError("set epochs > 0 or max_steps > 0")
-    if t.precision not in ("auto", "fp32", "bf16"):
-        raise UsageError(f"precision must be auto, fp32 or bf16, got {t.precision!r}")
+    if t.precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     if not 0 <= t.warmup_ratio < 1:
         raise UsageError(f"warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
 

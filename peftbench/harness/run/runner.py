@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from peftbench import registry
-from peftbench.adapters.base import ApplyPlan
+from peftbench.adapters.base import ApplyPlan, store_frozen_as
 from peftbench.config import RunConfig
 from peftbench.errors import TrainingDiverged, UsageError
 from peftbench.harness.run.data import featurize_cached, load_rows
+from peftbench.harness.run.devices import make_accelerator, parse_device
 from peftbench.harness.run.measure import environment
 from peftbench.harness.run.plan import method_config_of
+from peftbench.harness.run.precision import PrecisionChoice, choose_precision
 from peftbench.harness.run.train import TrainContext, plan_steps, train
 from peftbench.records import (
     DataInfo,
@@ -52,16 +54,17 @@ def _seed_everything(seed: int) -> None:
     transformers.set_seed(seed)
 
 
-def _accelerator(precision: str):
-    import torch
-    from accelerate import Accelerator
+def _precision(requested: str, device) -> PrecisionChoice:
+    """The run's precision and why. The plan has already turned `auto` into what auto picks on this machine;
+    the record keeps auto's reason when that is what ran."""
+    choice = choose_precision(requested, device)
+    auto = choose_precision("auto", device)
+    return auto if auto.precision == choice.precision and requested != "auto" else choice
 
-    cuda = torch.cuda.is_available()
-    bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
-    return Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
 
-
-def execute(cfg: RunConfig, results: Path, progress: bool = True, save_adapter: bool = False) -> RunRecord:
+def execute(
+    cfg: RunConfig, results: Path, progress: bool = True, save_adapter: bool = False, device: str = "auto"
+) -> RunRecord:
     """Train and evaluate one config, write its record atomically and return it. With `save_adapter`, the
     trained parameters (adapter and head) go beside the record as `<hash>.adapter.safetensors`.
 
@@ -100,6 +103,8 @@ def execute(cfg: RunConfig, results: Path, progress: bool = True, save_adapter: 
     total_steps = plan_steps(len(train_feats), t)
     plan = ApplyPlan(total_steps=total_steps, targets=t.targets)
     adapter_cls.check_plan(method_cfg, plan)
+    dev = parse_device(device)
+    precision = _precision(t.precision, dev)
 
     data = DataInfo(cfg.data, cfg.data_hash, len(train_rows), {s: len(r) for s, (r, _) in eval_rows.items()})
     record = RunRecord.start(cfg, data, task.primary_metric, total_steps)
@@ -107,11 +112,18 @@ def execute(cfg: RunConfig, results: Path, progress: bool = True, save_adapter: 
     adapter = None
     try:
         _seed_everything(cfg.seed)
-        accelerator = _accelerator(t.precision)
-        env = environment(accelerator.device)
+        accelerator = make_accelerator(dev, precision)
+        env = {
+            **environment(accelerator.device),
+            "precision": precision.precision,
+            "precision_reason": precision.reason,
+        }
         model = task.model_class().from_pretrained(cfg.model.path, revision=cfg.model.revision, **task.model_kwargs())
         adapter = adapter_cls(method_cfg)
         model = adapter.apply(model, plan)
+        if precision.precision != "fp32":
+            # Frozen weights once in the autocast dtype, not cast again at every step; trainable ones stay fp32.
+            store_frozen_as(model, torch.bfloat16 if precision.precision == "bf16" else torch.float16)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         log.debug("%s: training starts, %d steps", record.run_id, total_steps)
         result = train(

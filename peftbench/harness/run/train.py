@@ -213,6 +213,9 @@ def train(ctx: TrainContext) -> TrainResult:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    if accelerator.mixed_precision == "fp16":
+        # Only a prepared optimizer gets the loss scaler's unscale, its skip of overflowed steps and its scale update.
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
     step_fn = Stepper(model, ctx.adapter, optimizer, accelerator, cfg.max_grad_norm, scheduler)
     rng = np.random.default_rng(ctx.seed)
     lengths = [len(x) for x in ctx.train_features.columns["input_ids"]]

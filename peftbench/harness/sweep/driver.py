@@ -22,7 +22,7 @@ from peftbench.config import RunConfig, parse_budget
 from peftbench.errors import UsageError
 from peftbench.harness.run.data import check_local_data
 from peftbench.harness.run.plan import RunRequest, resolve
-from peftbench.harness.sweep.executors import Executor, InlineExecutor, LocalExecutor
+from peftbench.harness.sweep.executors import EnvSlots, Executor, InlineExecutor, LocalExecutor
 from peftbench.records import load_record, lock_holder, record_path, release_lock, set_aside, try_lock
 
 log = logging.getLogger(__name__)
@@ -283,12 +283,16 @@ class _Sweep:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _executor(name: str, ray_address: str | None, ray_resources: dict | None) -> Executor:
+def _executor(
+    name: str, ray_address: str | None, ray_resources: dict | None, device: str | None, gpu_envs: list | None
+) -> Executor:
     if name == "ray":
         from peftbench.harness.sweep.ray_executor import RayExecutor
 
         return RayExecutor(ray_address, ray_resources or {})
-    return InlineExecutor() if name == "inline" else LocalExecutor()
+    if name == "inline":
+        return InlineExecutor(device or "auto")
+    return LocalExecutor(EnvSlots(gpu_envs) if gpu_envs else None, device)
 
 
 def run_sweep(
@@ -300,6 +304,8 @@ def run_sweep(
     ray_address: str | None = None,
     ray_resources: dict | None = None,
     on_done: Callable[[PlannedRun, int], None] | None = None,
+    device: str | None = None,
+    gpu_envs: list[dict[str, str]] | None = None,
 ) -> SweepOutcome:
     """Run what is not done. On Ctrl-C (KeyboardInterrupt) the running children are stopped, no record is
     written for them, and the KeyboardInterrupt propagates; rerunning the same sweep finishes the rest."""
@@ -307,7 +313,7 @@ def run_sweep(
     outcome = SweepOutcome(skipped=len(planned) - len(todo))
     if not todo:
         return outcome
-    runner = _executor(executor, ray_address, ray_resources)
+    runner = _executor(executor, ray_address, ray_resources, device, gpu_envs)
     sweep = _Sweep(results, runner, runner.slots(jobs), _Progress(len(todo), progress))
     start = time.perf_counter()
     try:

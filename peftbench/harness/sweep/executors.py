@@ -205,6 +205,9 @@ class LocalExecutor:
 class InlineExecutor:
     """In this process, one run at a time (for debugging, and where a child process cannot start)."""
 
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
+
     def slots(self, jobs: int) -> int:
         if jobs > 1:
             # Runs in one process share the global RNG state, so concurrent inline runs would not be reproducible.
@@ -214,7 +217,7 @@ class InlineExecutor:
     def run(self, cfg: RunConfig, results: Path, quiet: bool, jobs: int, lock_fd: int) -> int:
         from peftbench.harness.run.runner import execute
 
-        return 0 if execute(cfg, results, progress=not quiet).ok else 1
+        return 0 if execute(cfg, results, progress=not quiet, device=self.device).ok else 1
 
     def stop(self) -> None:
         pass
