@@ -51,6 +51,8 @@ bench: venv
 	HF_HUB_OFFLINE=1 $(PEFTBENCH) sweep --tasks $(TASK) --methods $(METHODS) $(budget_flag) --seeds $(SEEDS) \
 		--data $(DATA) --model $(MODEL) --profile $(PROFILE) --results $(RESULTS) --jobs $(JOBS) \
 		--device $(DEVICE) $(precision_flag)
+	@# The page answering "is the adaptive method helping here, and what did it cost?"; its path is the last line.
+	HF_HUB_OFFLINE=1 $(PEFTBENCH) report --results $(RESULTS) --tasks $(TASK)
 
 # The CI accuracy gate: the fixed suite against results/baselines/regress.json (exit 1 on a regression).
 regress: venv

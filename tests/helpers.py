@@ -61,8 +61,11 @@ def build_record(
     lr: float = 1e-3,
     perf: Perf | None = None,
     diagnostics: dict[str, Any] | None = None,
+    loss: list[list[float]] | None = None,
+    params: Params | None = None,
 ) -> RunRecord:
-    """A record made through the constructors the runner uses (`RunRecord.start`, then `finish` or `fail`)."""
+    """A record made through the constructors the runner uses (`RunRecord.start`, then `finish` or `fail`).
+    `loss`: the loss history ([step, task loss, extra loss] rows); `params` replaces the default counts."""
     cfg = RunConfig(
         task=task,
         method=method,
@@ -83,9 +86,9 @@ def build_record(
     return rec.finish(
         {primary_name: primary, **(extra_metrics or {})},
         history if history is not None else [{"step": 30, primary_name: primary}],
-        Params(trainable=adapter + 770, adapter=adapter, head=770, total=10**6, adapter_peak=adapter_peak),
+        params or Params(trainable=adapter + 770, adapter=adapter, head=770, total=10**6, adapter_peak=adapter_peak),
         perf or Perf(train_samples_per_second=100.0, peak_memory_bytes=2**30, step_time_ms_median=5.0),
-        [[0, 0.7, 0.0]],
+        loss if loss is not None else [[0, 0.7, 0.0]],
         diagnostics or {},
     )
 

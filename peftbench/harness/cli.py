@@ -22,6 +22,7 @@ log = logging.getLogger("peftbench")
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "peftbench.harness.report.compare",
     "peftbench.harness.report.plot_cmd",
+    "peftbench.harness.report.report_cmd",
     "peftbench.harness.regress.gate",
     "peftbench.harness.perf.cli",
 )

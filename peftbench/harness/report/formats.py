@@ -7,7 +7,7 @@ in LaTeX). A mark is a symbol on the cell plus a line in the legend that says wh
     table = Table(
         title="sst2 @ 0.3M",
         headers=("method", "accuracy", "adapter params"),
-        rows=(Row((Cell("method-a"), Cell("91.20 ± 0.30", 0.912, bold=True), Cell("0.300M", 300000))),),
+        rows=(Row((Cell("LoRA"), Cell("91.20 ± 0.30", 0.912, bold=True), Cell("0.300M", 300000))),),
         legend=(top_group.legend,),
         marks=(Mark("not_learned", "†", learned.legend),),
     )
@@ -299,3 +299,9 @@ def to_csv(table: Table) -> str:
 
 
 RENDERERS = {"md": to_markdown, "latex": to_latex, "html": to_html, "csv": to_csv}
+
+
+def html_table(table: Table) -> str:
+    """One table and its legend as an HTML fragment (no page around it), for pages that hold more than tables;
+    the class names are those of `to_html`'s stylesheet."""
+    return _html_table(table)
