@@ -139,6 +139,7 @@ def cmd_run(args) -> int:
     else:
         if not args.task or not args.method:
             raise UsageError("run needs --task and --method (see `peftbench list`)")
+        _check_scoped_sets(args.sets, (args.method,))
         cfg = resolve(
             RunRequest(
                 task=args.task,
@@ -191,6 +192,7 @@ def cmd_sweep(args) -> int:
     for flag, values in (("--tasks", args.tasks), ("--methods", args.methods), ("--seeds", args.seeds)):
         if not values:
             raise UsageError(f"{flag} is empty; give a comma-separated list (see `peftbench list`)")
+    _check_scoped_sets(args.sets, args.methods)
     requests = expand(
         args.tasks,
         args.methods,
@@ -245,34 +247,65 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _check_scoped_sets(sets: list[str], methods) -> None:
+    """A `--set METHOD.key=value` for a method this command does not run would change nothing: say so."""
+    from peftbench.config import check_method_scope, scoped_method
+
+    for item in sets:
+        scope = scoped_method(item)
+        if scope is not None and scope not in methods:
+            check_method_scope(scope, item)  # a typo gets the list of method names
+            raise UsageError(
+                f"--set {item} is for method {scope!r}, which this command does not run ({', '.join(methods)})"
+            )
+
+
 def _plan_table(planned) -> str:
     from tabulate import tabulate
 
-    from peftbench.harness.run.plan import budget_mismatches, method_config_of, planned_adapter_count
+    from peftbench import registry
+    from peftbench.harness.run.plan import (
+        budget_mismatches,
+        method_config_of,
+        planned_adapter_count,
+        planned_peak_count,
+    )
 
-    rows = []
+    rows, notes = [], {}
     for p in planned:
         c = p.config
         got = planned_adapter_count(c)
+        peak = planned_peak_count(c)
+        note = registry.adapters.get(c.method).table_note(c.method_config)
+        if note:
+            notes.setdefault(note, len(notes) + 1)
+        off = "-"
+        if got is not None and c.budget_requested:
+            off = f"{(got - c.budget_requested) / c.budget_requested:+.1%}"
         rows.append(
             {
                 "task": c.task,
-                "method": c.method,
+                "method": c.method + (f" [{notes[note]}]" if note else ""),
                 "budget": c.budget or "-",
                 "requested": f"{c.budget_requested:,}" if c.budget_requested else "-",
-                "achieved": f"{got:,}" if got is not None else "-",
-                "off": f"{(got - c.budget_requested) / c.budget_requested:+.1%}" if got is not None else "-",
+                # What the run ends with (budgeted or not), and for methods that prune, what it starts from.
+                "final adapter params": f"{got:,}" if got is not None else "-",
+                "peak adapter params": f"{peak:,}" if peak is not None else "-",
+                "off": off,
                 "hparams": _hparams(method_config_of(c)),
                 "seed": c.seed,
                 "record": p.status,
             }
         )
+    if not any(r["peak adapter params"] != "-" for r in rows):
+        for r in rows:
+            del r["peak adapter params"]
     table = tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
     off = budget_mismatches([p.config for p in planned])
-    note = (
-        "\n".join(f"not matched (> 5%): {o}" for o in off) if off else "every budgeted run is within 5% of its budget"
-    )
-    return f"{table}\n\n{note}\n(AdaLoRA in triplet mode: expected final count; the record holds the achieved one)"
+    lines = [f"not matched (> 5%): {o}" for o in off] or ["every budgeted run is within 5% of its budget"]
+    lines += [f"[{i}] {note}; the final count shown is the expected one, the record holds the achieved one"
+              for note, i in notes.items()]  # fmt: skip
+    return table + "\n\n" + "\n".join(lines)
 
 
 def _hparams(config) -> str:
