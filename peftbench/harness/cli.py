@@ -319,33 +319,49 @@ def _hparams(config) -> str:
     return " ".join(changed) or "defaults"
 
 
-def _print_leaderboard(results: Path, hashes: set[str] | None = None, tasks=None, methods=None) -> None:
+def _print_leaderboard(results: Path, hashes: set[str] | None = None) -> None:
     from peftbench.harness.report.aggregate import runs_frame, summarize
     from peftbench.harness.report.leaderboard import render
 
     df = runs_frame(results)
-    if not df.empty:
-        if hashes is not None:
-            df = df[df["config_hash"].isin(hashes)]
-        if tasks:
-            df = df[df["task"].isin(tasks)]
-        if methods:
-            df = df[df["method"].isin(methods)]
+    if not df.empty and hashes is not None:
+        df = df[df["config_hash"].isin(hashes)]
     print(render(summarize(df)))
 
 
+def filter_runs(df, column: str, wanted, kind: str, known: list[str]):
+    """Rows whose `column` is in `wanted`. A name neither registered nor in the records is a typo, and a filter
+    that keeps nothing is a mistake: both are one-line errors that list the valid names."""
+    import logging as _logging
+
+    if not wanted:
+        return df
+    present = sorted(set(df[column].dropna())) if not df.empty else []
+    for name in wanted:
+        if name not in present and name not in known:
+            from peftbench.registry import unknown_name_message
+
+            raise UsageError(unknown_name_message(kind, name, sorted(set(known) | set(present))))
+    kept = df[df[column].isin(wanted)] if not df.empty else df
+    missing = [n for n in wanted if n not in present]
+    if kept.empty:
+        having = ", ".join(present) or "none"
+        raise UsageError(f"no run records of {kind} {', '.join(wanted)}; {kind}s with records: {having}")
+    if missing:
+        _logging.getLogger(__name__).warning("no run records of %s %s", kind, ", ".join(missing))
+    return kept
+
+
 def cmd_leaderboard(args) -> int:
+    from peftbench import registry
+    from peftbench.config import PROFILES
     from peftbench.harness.report.aggregate import runs_frame, summarize
     from peftbench.harness.report.leaderboard import render
 
     df = runs_frame(args.results)
-    if not df.empty:
-        if args.tasks:
-            df = df[df["task"].isin(args.tasks)]
-        if args.methods:
-            df = df[df["method"].isin(args.methods)]
-        if args.profiles:
-            df = df[df["profile"].isin(args.profiles)]
+    df = filter_runs(df, "task", args.tasks, "task", registry.tasks.names())
+    df = filter_runs(df, "method", args.methods, "method", registry.adapters.names())
+    df = filter_runs(df, "profile", args.profiles, "profile", sorted(PROFILES))
     text = render(summarize(df), args.format)
     if args.out:
         from peftbench.records import atomic_write_text
