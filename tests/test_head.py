@@ -46,10 +46,11 @@ def test_planning_treats_it_as_unbudgeted():
 @pytest.mark.slow
 def test_a_run_records_zero_and_reports_render(tiny_model_dir, tmp_path):
     rec = quick_run(tiny_model_dir, tmp_path, method="head")
-    assert rec["status"] == "ok", rec.get("error")
-    assert rec["params"]["adapter"] == 0 and rec["budget"]["achieved"] == 0
-    assert rec["params"]["trainable"] == rec["params"]["head"] > 0
-    assert quick_run(tiny_model_dir, tmp_path, method="lora", budget="10K")["status"] == "ok"
+    # The typed record (schema 2): the achieved budget is params.adapter.
+    assert rec.ok, rec.error
+    assert rec.params.adapter == 0
+    assert rec.params.trainable == rec.params.head > 0
+    assert quick_run(tiny_model_dir, tmp_path, method="lora", budget="10K").ok
     summary = summarize(runs_frame(tmp_path))
     table = render(summary)
     assert "| head " in table and "0.0K" in table
