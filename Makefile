@@ -9,7 +9,8 @@ EXTRAS ?= dev
 comma := ,
 
 TASK ?= sst2
-METHODS ?= full,lora,adalora,dora
+# head (the linear probe) is the floor every PEFT method should beat; full FT the ceiling.
+METHODS ?= full,head,lora,adalora,dora
 # One default budget for every budgeted method (full fine-tuning is the unbudgeted reference); BUDGETS=none: method defaults.
 BUDGETS ?= 0.3M
 SEEDS ?= 0

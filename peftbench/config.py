@@ -238,7 +238,9 @@ def apply_overrides(cls: type, base: Any, overrides: dict[str, Any], owner: str)
 
 def split_overrides(sets: list[str], method_cls: type, method_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """`--set` items into (method config changes, train config changes). `method.x=`/`train.x=` force a side;
-    a bare key goes to whichever config has it (the method's first)."""
+    `METHOD.x=` (a registered method's name) applies only to that method and is skipped for the others, so one
+    sweep can set a knob only some of its methods have; a bare key goes to whichever config has it (the
+    method's first)."""
     method_fields = set(field_types(method_cls))
     train_fields = set(field_types(TrainConfig))
     m_over: dict[str, Any] = {}
@@ -248,6 +250,12 @@ def split_overrides(sets: list[str], method_cls: type, method_name: str) -> tupl
             raise UsageError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         key = key.strip()
+        scope, dot, rest = key.partition(".")
+        if dot and scope not in ("method", "train"):
+            if scope != method_name:
+                check_method_scope(scope, item)
+                continue
+            key = rest
         value = parse_value(raw.strip())
         if key.startswith("method."):
             m_over[key[7:]] = value
@@ -261,3 +269,20 @@ def split_overrides(sets: list[str], method_cls: type, method_name: str) -> tupl
             valid = sorted(method_fields | train_fields)
             raise UsageError(unknown_name_message(f"setting for {method_name}", key, valid))
     return m_over, t_over
+
+
+def scoped_method(item: str) -> str | None:
+    """The method a `--set METHOD.key=value` is scoped to, None for an unscoped (or method./train.) item."""
+    scope, dot, _ = item.split("=", 1)[0].strip().partition(".")
+    return scope if dot and scope not in ("method", "train") else None
+
+
+def check_method_scope(scope: str, item: str) -> None:
+    """A `METHOD.` prefix must name a registered method: a typo would otherwise drop the setting silently."""
+    from peftbench import registry
+
+    if scope not in registry.adapters.names():
+        raise UsageError(
+            f"--set {item}: {unknown_name_message('method', scope, sorted(registry.adapters.names()))} "
+            f"(prefix a setting with a method's name to apply it to that method only)"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 
@@ -287,7 +288,8 @@ def test_triplets_mode_for_budget_sets_final_triplets():
     targets = find_targets(model, TARGETS)
     mean_cost = sum(t.d_in + t.d_out + 1 for t in targets) / len(targets)
     budget = 1500
-    base = AdaLoraConfig(t_init=2, t_final=4, delta_t=2)
+    # The paper's mode, asked for by name: a budgeted run's default counts parameters (see the test below).
+    base = AdaLoraConfig(t_init=2, t_final=4, delta_t=2, budget_unit="triplets")
     sol = AdaLoraAdapter.for_budget(targets, budget, base)
     b_T = round(budget / mean_cost)
     assert sol.config.target_budget == b_T and sol.achieved == round(b_T * mean_cost)
@@ -388,3 +390,20 @@ def test_batched_orth_penalty_equals_the_per_matrix_sum(squared):
         torch.testing.assert_close(q1, q2, rtol=1e-10, atol=1e-14)
     # The extra loss is gamma times it.
     torch.testing.assert_close(adapter.extra_loss(model).detach(), adapter.config.orth_reg_weight * v2)
+
+
+def test_a_budget_is_met_within_one_triplet_by_default():
+    """The default unit (auto) counts parameters once a budget is given, and triplets without one (peft's)."""
+    model = tiny_bert()
+    targets = find_targets(model, TARGETS)
+    assert AdaLoraConfig().unit == "triplets"
+    sol = AdaLoraAdapter.for_budget(targets, 1500, AdaLoraConfig(t_init=2, t_final=4, delta_t=2))
+    assert sol.config.budget_unit == "params" and sol.config.unit == "params"
+    assert AdaLoraAdapter.table_note(dataclasses.asdict(sol.config)) == ""
+    assert "triplet" in AdaLoraAdapter.table_note({"budget_unit": "triplets", "target_budget": 22})
+    assert AdaLoraAdapter.peak_adapter_count(targets, sol.config) >= 1.5 * 1500
+    adapter = AdaLoraAdapter(sol.config)
+    adapter.apply(model, ApplyPlan(total_steps=20, targets=TARGETS))
+    drive(model, adapter, range(20))
+    costs = [t.d_in + t.d_out + 1 for t in targets]
+    assert 1500 - max(costs) < adapter.allocator.retained_params <= 1500

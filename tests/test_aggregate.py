@@ -39,17 +39,35 @@ def test_single_seed_has_no_std(tmp_path):
     assert row["n"] == 1 and math.isnan(row["primary.std"]) and math.isnan(row["primary.ci95"])
 
 
+def scored(results, task, method, seed, correct, n=200, **kw):
+    """A record whose stored predictions get `correct` of `n` examples right (references alternate 1, 0)."""
+    refs = [1, 0] * (n // 2)
+    preds = [r if i < correct else 1 - r for i, r in enumerate(refs)]
+    rec = build_record(task, method, seed, correct / n, **kw)
+    write_built(results, rec, preds, refs)
+    return rec
+
+
 def test_full_appears_in_every_budget_table_and_best_is_marked(tmp_path):
-    make_record(tmp_path, "sst2", "full", 0, 0.90, adapter=22_000_000)
-    make_record(tmp_path, "sst2", "lora", 0, 0.85, budget="0.3M")
-    make_record(tmp_path, "sst2", "lora", 0, 0.91, budget="1.2M")
+    scored(tmp_path, "sst2", "full", 0, 180, adapter=22_000_000)
+    scored(tmp_path, "sst2", "lora", 0, 170, budget="0.3M")
+    scored(tmp_path, "sst2", "lora", 0, 198, budget="1.2M")
     text = render(summarize(runs_frame(tmp_path)))
     assert "### sst2 @ 0.3M" in text and "### sst2 @ 1.2M" in text
     t03, t12 = text.split("### sst2 @ 1.2M")
     assert "full" in t03 and "full" in t12
-    assert "**90.00**" in t03  # full beats LoRA at 0.3M
-    assert "**91.00**" in t12
+    # One seed: the paired bootstrap over the 200 examples separates 10 discordant examples, all one way.
+    assert "**90.00**" in t03 and "**85.00**" not in t03  # full beats LoRA at 0.3M
+    assert "**99.00**" in t12 and "**90.00**" not in t12
     assert "22.000M" in text
+
+
+def test_a_tie_inside_the_noise_marks_nothing(tmp_path):
+    scored(tmp_path, "sst2", "full", 0, 180)
+    scored(tmp_path, "sst2", "lora", 0, 182, budget="0.3M")
+    text = render(summarize(runs_frame(tmp_path)))
+    assert "**" not in text.replace("\\*", "") and "no method marked" in text
+    assert "minimum detectable difference at 1 seed(s) and 200 examples" in text
 
 
 def test_formats(tmp_path, capsys):
@@ -89,7 +107,9 @@ def test_runs_that_differ_in_more_than_the_seed_never_pool(tmp_path):
     s = summarize(runs_frame(tmp_path))
     assert len(s) == 2 and set(s["n"]) == {1}
     text = render(s)
-    assert "lora [" in text
+    # The settings that tell the rows apart, in their own column (not a hash folded into the name).
+    assert "| lora | train.lr=0.001 |" in text and "| lora | train.lr=0.0001 |" in text
+    assert "variant: the settings in which runs of one method differ" in text
 
 
 def test_profiles_get_their_own_tables(tmp_path):

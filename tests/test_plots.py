@@ -94,3 +94,15 @@ def test_plot_cli(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
     assert not (tmp_path / "z.png").exists()
+
+
+def test_pareto_draws_the_trivial_baseline_and_the_probe_and_says_what_the_bars_are(tmp_path):
+    populate(tmp_path)
+    for seed in range(3):
+        make_record(tmp_path, "sst2", "head", seed, 0.6 + 0.01 * seed, adapter=0)
+    paths = plot_pareto(summarize(runs_frame(tmp_path)), "sst2", tmp_path / "pareto")
+    svg = next(p for p in paths if p.suffix == ".svg").read_text()
+    # write_built stores one example per run (reference 0), so the majority class of the training rows scores it.
+    assert "trivial baseline: majority class (1)" in svg
+    assert "head: linear probe, the floor (mean ± std)" in svg
+    assert "error bars and bands: ± std over seeds" in svg

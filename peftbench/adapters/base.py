@@ -172,6 +172,13 @@ class Adapter(ABC):
     budgeted: ClassVar[bool] = True
     # True for the method others are compared with at the same budget (LoRA): reports and perf pick it by this.
     is_reference: ClassVar[bool] = False
+    # True for the linear probe (only the head trains): the floor tables and plots draw every method against.
+    is_probe: ClassVar[bool] = False
+    # True where every weight outside the head trains (full fine-tuning): its adapter count is the base model's.
+    trains_base: ClassVar[bool] = False
+    # The config fields `for_budget` sets: a `--set` of one of them next to `--budget` would be overwritten
+    # silently, so planning rejects the pair.
+    budget_knobs: ClassVar[tuple[str, ...]] = ()
     # `peftbench perf`: the step time this method should stay within, as a multiple of the frozen model's (the
     # floor); None sets no target. `perf_note` says where its time over the floor goes, for a missed target.
     perf_floor_limit: ClassVar[float | None] = None
@@ -209,6 +216,18 @@ class Adapter(ABC):
     def adapter_count(cls, targets: list[TargetMatrix], config: Any) -> int:
         """Adapter parameters (head excluded) this config will have at the end of training."""
         raise NotImplementedError(f"{cls.__name__} does not count budgets")
+
+    @classmethod
+    def peak_adapter_count(cls, targets: list[TargetMatrix], config: Any) -> int | None:
+        """Adapter parameters at their largest during training, where that is more than the final count
+        (AdaLoRA's initial ranks, pruned later); None where the count never changes."""
+        return None
+
+    @classmethod
+    def table_note(cls, method_config: dict[str, Any]) -> str:
+        """A short note tables print beside this method's rows when its config changes what the row means
+        (e.g. a budget met only on average); "" for none. Takes the stored config, as old records have it."""
+        return ""
 
     @classmethod
     def for_budget(cls, targets: list[TargetMatrix], budget: int, base: Any) -> BudgetSolution:

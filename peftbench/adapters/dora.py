@@ -151,6 +151,7 @@ class DoraAdapter(LoraAdapter):
     name = "dora"
     display_name = "DoRA"
     config_cls = DoraConfig
+    budget_knobs = ("r",)
     default_lr = 1e-3
     is_reference = False
     peft_use_dora = True

@@ -20,6 +20,7 @@ class FullAdapter(Adapter):
     config_cls = FullConfig
     default_lr = 5e-5
     budgeted = False
+    trains_base = True
 
     def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
         for p in model.parameters():

@@ -26,6 +26,7 @@ class HeadAdapter(Adapter):
     # The head starts from scratch on a frozen encoder; the same step size as the adapters' heads get.
     default_lr = 1e-3
     budgeted = False
+    is_probe = True
 
     def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
         freeze_all_but_head(model, plan.head_modules)

@@ -330,6 +330,7 @@ class LoraAdapter(Adapter):
     name = "lora"
     display_name = "LoRA"
     config_cls = LoraConfig
+    budget_knobs = ("r",)
     default_lr = 1e-3
     is_reference = True
     peft_use_dora = False  # DoRA is LoRA's layer with a magnitude: peft's LoraConfig(use_dora=True)

@@ -130,6 +130,7 @@ class VeraLinear(AdditiveDelta):
 class VeraAdapter(Adapter):
     name = "vera"
     config_cls = VeraConfig
+    budget_knobs = ("r",)
     # Scaling vectors move the update only multiplicatively, and b starts at 0: the paper trains them with
     # learning rates of order 1e-2 on GLUE. Not tuned here.
     default_lr = 4e-3

@@ -148,6 +148,7 @@ def cmd_run(args) -> int:
     else:
         if not args.task or not args.method:
             raise UsageError("run needs --task and --method (see `peftbench list`)")
+        _check_scoped_sets(args.sets, (args.method,))
         cfg = resolve(
             RunRequest(
                 task=args.task,
@@ -208,6 +209,7 @@ def cmd_sweep(args) -> int:
     for flag, values in (("--tasks", args.tasks), ("--methods", args.methods), ("--seeds", args.seeds)):
         if not values:
             raise UsageError(f"{flag} is empty; give a comma-separated list (see `peftbench list`)")
+    _check_scoped_sets(args.sets, args.methods)
     requests = expand(
         args.tasks,
         args.methods,
@@ -265,34 +267,65 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _check_scoped_sets(sets: list[str], methods) -> None:
+    """A `--set METHOD.key=value` for a method this command does not run would change nothing: say so."""
+    from peftbench.config import check_method_scope, scoped_method
+
+    for item in sets:
+        scope = scoped_method(item)
+        if scope is not None and scope not in methods:
+            check_method_scope(scope, item)  # a typo gets the list of method names
+            raise UsageError(
+                f"--set {item} is for method {scope!r}, which this command does not run ({', '.join(methods)})"
+            )
+
+
 def _plan_table(planned) -> str:
     from tabulate import tabulate
 
-    from peftbench.harness.run.plan import budget_mismatches, method_config_of, planned_adapter_count
+    from peftbench import registry
+    from peftbench.harness.run.plan import (
+        budget_mismatches,
+        method_config_of,
+        planned_adapter_count,
+        planned_peak_count,
+    )
 
-    rows = []
+    rows, notes = [], {}
     for p in planned:
         c = p.config
         got = planned_adapter_count(c)
+        peak = planned_peak_count(c)
+        note = registry.adapters.get(c.method).table_note(c.method_config)
+        if note:
+            notes.setdefault(note, len(notes) + 1)
+        off = "-"
+        if got is not None and c.budget_requested:
+            off = f"{(got - c.budget_requested) / c.budget_requested:+.1%}"
         rows.append(
             {
                 "task": c.task,
-                "method": c.method,
+                "method": c.method + (f" [{notes[note]}]" if note else ""),
                 "budget": c.budget or "-",
                 "requested": f"{c.budget_requested:,}" if c.budget_requested else "-",
-                "achieved": f"{got:,}" if got is not None else "-",
-                "off": f"{(got - c.budget_requested) / c.budget_requested:+.1%}" if got is not None else "-",
+                # What the run ends with (budgeted or not), and for methods that prune, what it starts from.
+                "final adapter params": f"{got:,}" if got is not None else "-",
+                "peak adapter params": f"{peak:,}" if peak is not None else "-",
+                "off": off,
                 "hparams": _hparams(method_config_of(c)),
                 "seed": c.seed,
                 "record": p.status,
             }
         )
+    if not any(r["peak adapter params"] != "-" for r in rows):
+        for r in rows:
+            del r["peak adapter params"]
     table = tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
     off = budget_mismatches([p.config for p in planned])
-    note = (
-        "\n".join(f"not matched (> 5%): {o}" for o in off) if off else "every budgeted run is within 5% of its budget"
-    )
-    return f"{table}\n\n{note}\n(AdaLoRA in triplet mode: expected final count; the record holds the achieved one)"
+    lines = [f"not matched (> 5%): {o}" for o in off] or ["every budgeted run is within 5% of its budget"]
+    lines += [f"[{i}] {note}; the final count shown is the expected one, the record holds the achieved one"
+              for note, i in notes.items()]  # fmt: skip
+    return table + "\n\n" + "\n".join(lines)
 
 
 def _hparams(config) -> str:
@@ -306,33 +339,49 @@ def _hparams(config) -> str:
     return " ".join(changed) or "defaults"
 
 
-def _print_leaderboard(results: Path, hashes: set[str] | None = None, tasks=None, methods=None) -> None:
+def _print_leaderboard(results: Path, hashes: set[str] | None = None) -> None:
     from peftbench.harness.report.aggregate import runs_frame, summarize
     from peftbench.harness.report.leaderboard import render
 
     df = runs_frame(results)
-    if not df.empty:
-        if hashes is not None:
-            df = df[df["config_hash"].isin(hashes)]
-        if tasks:
-            df = df[df["task"].isin(tasks)]
-        if methods:
-            df = df[df["method"].isin(methods)]
+    if not df.empty and hashes is not None:
+        df = df[df["config_hash"].isin(hashes)]
     print(render(summarize(df)))
 
 
+def filter_runs(df, column: str, wanted, kind: str, known: list[str]):
+    """Rows whose `column` is in `wanted`. A name neither registered nor in the records is a typo, and a filter
+    that keeps nothing is a mistake: both are one-line errors that list the valid names."""
+    import logging as _logging
+
+    if not wanted:
+        return df
+    present = sorted(set(df[column].dropna())) if not df.empty else []
+    for name in wanted:
+        if name not in present and name not in known:
+            from peftbench.registry import unknown_name_message
+
+            raise UsageError(unknown_name_message(kind, name, sorted(set(known) | set(present))))
+    kept = df[df[column].isin(wanted)] if not df.empty else df
+    missing = [n for n in wanted if n not in present]
+    if kept.empty:
+        having = ", ".join(present) or "none"
+        raise UsageError(f"no run records of {kind} {', '.join(wanted)}; {kind}s with records: {having}")
+    if missing:
+        _logging.getLogger(__name__).warning("no run records of %s %s", kind, ", ".join(missing))
+    return kept
+
+
 def cmd_leaderboard(args) -> int:
+    from peftbench import registry
+    from peftbench.config import PROFILES
     from peftbench.harness.report.aggregate import runs_frame, summarize
     from peftbench.harness.report.leaderboard import render
 
     df = runs_frame(args.results)
-    if not df.empty:
-        if args.tasks:
-            df = df[df["task"].isin(args.tasks)]
-        if args.methods:
-            df = df[df["method"].isin(args.methods)]
-        if args.profiles:
-            df = df[df["profile"].isin(args.profiles)]
+    df = filter_runs(df, "task", args.tasks, "task", registry.tasks.names())
+    df = filter_runs(df, "method", args.methods, "method", registry.adapters.names())
+    df = filter_runs(df, "profile", args.profiles, "profile", sorted(PROFILES))
     text = render(summarize(df), args.format)
     if args.out:
         from peftbench.records import atomic_write_text

@@ -14,6 +14,7 @@ from torch import nn
 from peftbench.adapters.adalora.allocator import (
     BudgetPlan,
     RankAllocator,
+    peak_count,
     plan_budget,
     planned_count,
     solve_budget,
@@ -45,6 +46,8 @@ class AdaLoraAdapter(Adapter):
     name = "adalora"
     display_name = "AdaLoRA"
     config_cls = AdaLoraConfig
+    # init_r too: with a budget it is derived from the final budget (init_budget_ratio), never taken as given.
+    budget_knobs = ("target_budget", "target_r", "init_r")
     # Why higher than LoRA's 1e-3: lambda starts at zero and P, Q at N(0, 0.02), so the update is a product of
     # three factors that each move about lr per Adam step; at 2e-3 a one-epoch run ends short of LoRA. Measured
     # on the SST-2 sample, quick profile, 0.3M, seed 0: lr 2e-3 -> 77.9, alpha 64 -> 80.4, lr 4e-3 -> 81.8
@@ -223,6 +226,18 @@ class AdaLoraAdapter(Adapter):
     @classmethod
     def for_budget(cls, targets: list[TargetMatrix], budget: int, base: AdaLoraConfig) -> BudgetSolution:
         return solve_budget(targets, budget, base)
+
+    @classmethod
+    def peak_adapter_count(cls, targets: list[TargetMatrix], config: AdaLoraConfig) -> int | None:
+        return peak_count(targets, config)
+
+    @classmethod
+    def table_note(cls, method_config: dict) -> str:
+        # Records made before the params default (schema 1, or budget_unit=triplets by hand) count triplets: their
+        # final parameter count is the budget only on average, which a reader of the table should know.
+        if method_config.get("target_budget") is not None and method_config.get("budget_unit") == "triplets":
+            return "triplet budget (paper's allocator): parameters match the budget only on average"
+        return ""
 
 
 def rank_grid(targets: list[TargetMatrix], ranks: dict[str, int]) -> dict:

@@ -47,15 +47,15 @@ def initial_rank(targets: list[TargetMatrix], config: AdaLoraConfig) -> int:
     if config.target_budget is None:
         return config.init_r
     wanted = config.init_budget_ratio * config.target_budget
-    per_rank = len(targets) if config.budget_unit == "triplets" else sum(triplet_cost(t) for t in targets)
+    per_rank = len(targets) if config.unit == "triplets" else sum(triplet_cost(t) for t in targets)
     r, r_max = max(1, math.ceil(wanted / per_rank - 1e-9)), max(min(t.d_in, t.d_out) for t in targets)
-    while r < r_max and _size(_capped(targets, r), targets, config.budget_unit) < wanted:
+    while r < r_max and _size(_capped(targets, r), targets, config.unit) < wanted:
         r += 1
     return min(r, r_max)
 
 
 def plan_budget(targets: list[TargetMatrix], config: AdaLoraConfig) -> BudgetPlan:
-    unit = config.budget_unit
+    unit = config.unit
     ranks = _capped(targets, initial_rank(targets, config))
     b0 = _size(ranks, targets, unit)
     if config.target_budget is not None:
@@ -74,19 +74,27 @@ def planned_count(targets: list[TargetMatrix], config: AdaLoraConfig) -> int:
     """Adapter parameters at the end of training, as planned: exact in 'params' mode (to within one triplet),
     b(T) at the mean triplet cost in 'triplets' mode (the allocator decides which matrices keep them)."""
     bT = config.target_budget if config.target_budget is not None else None
-    if config.budget_unit == "params":
+    if config.unit == "params":
         return bT if bT is not None else config.target_r * sum(triplet_cost(t) for t in targets)
     mean_cost = sum(triplet_cost(t) for t in targets) / len(targets)
     return round((bT if bT is not None else config.target_r * len(targets)) * mean_cost)
 
 
+def peak_count(targets: list[TargetMatrix], config: AdaLoraConfig) -> int:
+    """Adapter parameters at the initial ranks, before any triplet is pruned: the most the run ever trains."""
+    return _size(plan_budget(targets, config).init_ranks, targets, "params")
+
+
 def solve_budget(targets: list[TargetMatrix], budget: int, base: AdaLoraConfig) -> BudgetSolution:
     """The final budget b(T) that meets `budget` parameters. Sensible range: one triplet per matrix on average
     (the LoRA r=1 floor) up to every matrix at full rank; outside it a BudgetError names the nearest value."""
+    # The unit is fixed here, so the recorded config says which allocator ran (auto: params, as a budget is given).
+    unit = base.budget_unit if base.budget_unit != "auto" else "params"
+    base = config_replace(base, budget_unit=unit)
     total_cost = sum(triplet_cost(t) for t in targets)
     mean_cost = total_cost / len(targets)
     full = sum(min(t.d_in, t.d_out) for t in targets)
-    if base.budget_unit == "triplets":
+    if unit == "triplets":
         lo, hi = total_cost, round(full * mean_cost)
     else:
         lo, hi = total_cost, sum(min(t.d_in, t.d_out) * triplet_cost(t) for t in targets)
@@ -96,7 +104,7 @@ def solve_budget(targets: list[TargetMatrix], budget: int, base: AdaLoraConfig) 
             f"gives {fmt_count(lo)}, full rank gives {fmt_count(hi)}); nearest achievable: "
             f"{fmt_count(lo if budget < lo else hi)}"
         )
-    if base.budget_unit == "triplets":
+    if unit == "triplets":
         bT = min(max(round(budget / mean_cost), len(targets)), full)
         achieved = round(bT * mean_cost)
     else:
@@ -105,7 +113,7 @@ def solve_budget(targets: list[TargetMatrix], budget: int, base: AdaLoraConfig) 
     r0 = initial_rank(targets, config)
     # Keep alpha / init_r constant when the budget moves init_r, so the update's scale does not depend on it.
     config = config_replace(config, init_r=r0, alpha=base.alpha * r0 / base.init_r)
-    return BudgetSolution(config, achieved, f"b(T)={bT} {base.budget_unit}, init_r={r0}")
+    return BudgetSolution(config, achieved, f"b(T)={bT} {unit}, init_r={r0}")
 
 
 class RankAllocator:

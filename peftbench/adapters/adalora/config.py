@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from peftbench.errors import UsageError
 
-BUDGET_UNITS = ("triplets", "params")
+BUDGET_UNITS = ("auto", "triplets", "params")
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,11 @@ class AdaLoraConfig:
         metadata={"help": "steps between two re-allocations while the budget shrinks (fraction of the run or count)"},
     )
     budget_unit: str = field(
-        default="triplets",
+        default="auto",
         metadata={
             "help": "'triplets': the budget counts singular triplets (the paper's and peft's allocator); "
-            "'params': it counts parameters, a triplet of a d_out x d_in matrix costing d_in + d_out + 1"
+            "'params': it counts parameters, a triplet of a d_out x d_in matrix costing d_in + d_out + 1, so a "
+            "parameter budget is met within one triplet; 'auto': params for a budgeted run, triplets otherwise"
         },
     )
     target_budget: int | None = field(
@@ -64,6 +65,14 @@ class AdaLoraConfig:
         default=1.5,
         metadata={"help": "with a target_budget, b(0) = ratio x b(T) (the paper's 1.5); it sets init_r"},
     )
+
+    @property
+    def unit(self) -> str:
+        """The budget unit in force. A parameter budget (--budget) is met within one triplet only when counted in
+        parameters, so that is the default with one; without one, the paper's triplet count (peft's behaviour)."""
+        if self.budget_unit != "auto":
+            return self.budget_unit
+        return "params" if self.target_budget is not None else "triplets"
 
     def __post_init__(self) -> None:
         if self.init_r < 1:

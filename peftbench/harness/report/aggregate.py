@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pandas as pd
 from scipy import stats
 
+from peftbench.config import to_jsonable
 from peftbench.records import Params, Perf, RunRecord, iter_records
 
 # Runs are pooled over seeds only when everything but the seed is the same (the variant), so records made
@@ -41,11 +43,45 @@ def _row(rec: RunRecord) -> dict:
         "step_ms": perf.step_time_ms_median,
         "train_seconds": perf.train_seconds,
         "config_hash": rec.config_hash,
+        # What the leaderboard needs beyond the numbers: the file (predictions lie beside it), the settings that
+        # tell variants apart, and the method's own note on how it met its budget.
+        "record": str(rec.path) if rec.path is not None else None,
+        "settings": _settings(rec),
+        "method_note": _method_note(cfg.method, cfg.method_config),
     }
     for k, v in metrics.all.items():
         if isinstance(v, (int, float)):
             row[f"metric.{k}"] = float(v)
     return row
+
+
+def _settings(rec: RunRecord) -> str:
+    """The resolved config minus the seed, flattened to `key=value` pairs (JSON), to name what variants differ in."""
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            flat[prefix[:-1]] = value
+
+    resolved = to_jsonable(rec.config)
+    for key in ("seed", "model"):
+        resolved.pop(key, None)
+    walk("", resolved)
+    flat["model"] = rec.config.model.model_id
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+def _method_note(method: str, method_config: dict) -> str:
+    from peftbench import registry
+    from peftbench.errors import UsageError
+
+    try:
+        return registry.adapters.get(method).table_note(method_config)
+    except UsageError:  # a plugin not installed here
+        return ""
 
 
 _NO_PARAMS = Params(None, None, None, None)  # type: ignore[arg-type]  # a failed run counted nothing
@@ -113,6 +149,12 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row["n"] = len(good)
         row["failed"] = int((g["status"] != "ok").sum())
         row["seeds"] = ",".join(str(s) for s in sorted(good["seed"].dropna().astype(int)))
+        # seed, recorded primary, record file: what the significance tests of a table start from.
+        row["runs"] = tuple(
+            sorted((int(r["seed"]), float(r["primary"]), r["record"]) for _, r in good.iterrows() if r["record"])
+        )
+        row["settings"] = g["settings"].iloc[0]
+        row["method_note"] = g["method_note"].iloc[0]
         row["budget_requested"] = (
             g["budget_requested"].dropna().iloc[0] if g["budget_requested"].notna().any() else None
         )

@@ -1,145 +1,256 @@
-"""Leaderboard tables from the aggregated frame: per task and budget, and a GLUE summary across tasks."""
+"""Leaderboard tables from the aggregated frame: per task, profile and budget, and a summary per task family.
+
+A table claims only what its tests support (claims.judge_table): the primary metric of the top group is bold
+(the best mean and every method not significantly worse than it; nothing when that is every method), a cell
+that is not significantly better than the task's trivial baseline carries a mark, and the trivial baseline is a
+row of its own. Each format (formats.py) shows the same judged table in its own markup.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
-from tabulate import tabulate
 
 from peftbench.errors import UsageError
 from peftbench.harness.report.aggregate import count_label, metric_scale
+from peftbench.harness.report.baselines import MSE, Baseline
+from peftbench.harness.report.claims import TableClaims, judge_table
+from peftbench.harness.report.evidence import RowRuns, TableEvidence, load_table
+from peftbench.harness.report.formats import Cell, Mark, Row, Table, to_html, to_latex, to_markdown
 from peftbench.records import NO_BUDGET
 
-FORMATS = {"md": "github", "latex": "latex", "html": "html"}
+log = logging.getLogger(__name__)
+
+FORMATS = ("md", "csv", "latex", "html")
+TRIVIAL = "trivial"
+OFF_TOLERANCE = 0.05
+READING = (
+    "cells: mean ± std over n seeds (n: runs that finished; 'k failed': runs without a result); budget: requested "
+    "adapter parameters, head excluded; adapter params: the count at the end of training, (±x%) when more than 5% "
+    "off the budget"
+)
+VARIANT_NOTE = "variant: the settings in which runs of one method differ; runs of different variants never pool"
 
 
-def _pm(mean: float | None, std: float | None, scale: float) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+@dataclass(frozen=True)
+class Judged:
+    """One task table: its rows (summary rows, in display order), their names, the evidence and the claims."""
+
+    task: str
+    profile: str
+    budget: str
+    rows: tuple[pd.Series, ...]
+    names: tuple[str, ...]
+    variants: tuple[str | None, ...]
+    evidence: TableEvidence
+    claims: TableClaims | None
+
+    @property
+    def title(self) -> str:
+        where = self.task if self.budget == NO_BUDGET else f"{self.task} @ {self.budget}"
+        return f"{where} (profile {self.profile})"
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _num(v) -> float | None:
+    if v is None or isinstance(v, str):
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def _pm(mean, std, scale: float) -> str:
+    mean, std = _num(mean), _num(std)
+    if mean is None:
         return "missing"
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{mean * scale:.2f}"
-    return f"{mean * scale:.2f} ± {std * scale:.2f}"
+    return f"{mean * scale:.2f}" if std is None else f"{mean * scale:.2f} ± {std * scale:.2f}"
+
+
+def _count(v) -> int | float:
+    v = _num(v)
+    return math.nan if v is None else int(round(v))
 
 
 def _off(achieved, requested) -> str:
-    """Flags a count more than 5% off its budget (AdaLoRA in triplet mode decides its count while training)."""
+    """Flags a count more than 5% off its budget."""
+    achieved, requested = _num(achieved), _num(requested)
     if not achieved or not requested:
         return ""
     off = (achieved - requested) / requested
-    return f" ({off:+.0%})" if abs(off) > 0.05 else ""
+    return f" ({off:+.0%})" if abs(off) > OFF_TOLERANCE else ""
 
 
-def _mib(b) -> str:
-    return "-" if b is None or (isinstance(b, float) and math.isnan(b)) else f"{b / 2**20:.0f}"
+def _task_spec(task: str):
+    from peftbench import registry
+
+    try:
+        return registry.tasks.get(task)
+    except UsageError:
+        return None  # records of a task whose plugin is not installed here: shown, never judged
 
 
-def _get(row: pd.Series, key: str):
-    v = row.get(key)
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+def _variant_labels(rows: Sequence[pd.Series]) -> list[str | None]:
+    """Per row, the settings that tell it apart from other rows of its method in the table (None: the only one)."""
+    by_method: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_method.setdefault(r["method"], []).append(i)
+    labels: list[str | None] = [None] * len(rows)
+    for idx in by_method.values():
+        if len(idx) < 2:
+            continue
+        flat = [json.loads(rows[i]["settings"]) for i in idx]
+        keys = sorted({k for f in flat for k in f if len({json.dumps(g.get(k), sort_keys=True) for g in flat}) > 1})
+        for i, f in zip(idx, flat, strict=True):
+            labels[i] = " ".join(f"{k}={f.get(k)}" for k in keys) or str(rows[i]["variant"])
+    return labels
 
 
-def task_tables(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(title, table) per task, profile and budget. Unbudgeted rows (full FT) appear in every budget's table."""
+# --- judging -----------------------------------------------------------------------------------------------------
+
+
+def judge_tables(summary: pd.DataFrame) -> list[Judged]:
+    """Every task table, judged. Unbudgeted rows (full FT, the probe) appear in every budget's table."""
     out = []
     for (task, profile), g in summary.groupby(["task", "profile"], sort=True):
-        scale = metric_scale(task)
-        budgets = sorted(b for b in g["budget"].unique() if b != NO_BUDGET)
-        metric_names = sorted(
-            {
-                c[len("metric.") : -len(".mean")]
-                for c in g.columns
-                if c.startswith("metric.") and c.endswith(".mean") and g[c].notna().any()
-            }
-        )
-        # Variants tell apart runs of one method that differ in more than the seed (e.g. another --set).
-        variants = g.groupby(["method", "budget"])["variant"].transform("nunique")
-        for budget in budgets or [NO_BUDGET]:
-            rows = g[(g["budget"] == budget) | (g["budget"] == NO_BUDGET)]
-            best = rows["primary.mean"].max() if "primary.mean" in rows and rows["primary.mean"].notna().any() else None
-            table = []
-            for i, r in rows.sort_values(["budget", "method"]).iterrows():
-                primary = _pm(_get(r, "primary.mean"), _get(r, "primary.std"), scale)
-                if best is not None and _get(r, "primary.mean") == best:
-                    primary = f"**{primary}**"
-                entry = {
-                    "method": r["method"] if variants[i] == 1 else f"{r['method']} [{r['variant']}]",
-                    "budget": r["budget"],
-                    f"{r['primary_name']} (primary)": primary,
-                    "n": int(r["n"]),
-                }
-                if r.get("failed"):
-                    entry["n"] = f"{int(r['n'])} ({int(r['failed'])} failed)"
-                for m in metric_names:
-                    if m != r["primary_name"]:
-                        entry[m] = _pm(_get(r, f"metric.{m}.mean"), _get(r, f"metric.{m}.std"), scale)
-                entry["adapter params"] = count_label(_get(r, "adapter")) + _off(
-                    _get(r, "adapter"), _get(r, "budget_requested")
-                )
-                entry["trainable"] = count_label(_get(r, "trainable"))
-                sps = _get(r, "samples_per_s")
-                entry["samples/s"] = "-" if sps is None else f"{sps:.1f}"
-                entry["peak MiB"] = _mib(_get(r, "peak_memory_bytes"))
-                table.append(entry)
-            title = task if budget == NO_BUDGET else f"{task} @ {budget}"
-            out.append((f"{title} (profile {profile})", pd.DataFrame(table)))
+        budgets = sorted(b for b in g["budget"].unique() if b != NO_BUDGET) or [NO_BUDGET]
+        spec = _task_spec(task)
+        for budget in budgets:
+            block = g[(g["budget"] == budget) | (g["budget"] == NO_BUDGET)].sort_values(["budget", "method"])
+            rows = tuple(r for _, r in block.iterrows())
+            variants = _variant_labels(rows)
+            names = tuple(
+                r["method"] if v is None else f"{r['method']} [{v}]" for r, v in zip(rows, variants, strict=True)
+            )
+            runs = [
+                RowRuns(n, tuple(r["runs"]) if isinstance(r.get("runs"), tuple) else ())
+                for n, r in zip(names, rows, strict=True)
+            ]
+            evidence = load_table(spec, runs) if spec is not None else None
+            claims = None
+            if evidence is not None and any(m.scores for m in evidence.runs):
+                claims = judge_table(spec, evidence.runs, evidence.references, evidence.baseline)
+            out.append(Judged(task, profile, budget, rows, names, tuple(variants), evidence, claims))
     return out
 
 
-def glue_summary(summary: pd.DataFrame) -> pd.DataFrame | None:
-    """One row per (method, budget), one column per GLUE task (primary metric mean) and their average."""
-    glue_tasks = [t for t in sorted(summary["task"].unique()) if metric_scale(t) == 100.0]
-    if not glue_tasks:
-        return None
-    g = summary[summary["task"].isin(glue_tasks)]
-    budgets = sorted(b for b in g["budget"].unique() if b != NO_BUDGET) or [NO_BUDGET]
-    rows = []
-    for budget in budgets:
-        block = g[(g["budget"] == budget) | (g["budget"] == NO_BUDGET)]
-        entries = []
-        for method, m in block.groupby("method", sort=True):
-            entry = {"method": method, "budget": budget if (m["budget"] != NO_BUDGET).any() else NO_BUDGET}
-            vals = []
-            for t in glue_tasks:
-                r = m[m["task"] == t]
-                v = r["primary.mean"].iloc[0] if len(r) and "primary.mean" in r else math.nan
-                entry[t] = v * 100 if not math.isnan(v) else math.nan
-                vals.append(entry[t])
-            entry["GLUE avg"] = sum(vals) / len(vals) if not any(math.isnan(v) for v in vals) else math.nan
-            entries.append(entry)
-        best = max((e["GLUE avg"] for e in entries if not math.isnan(e["GLUE avg"])), default=None)
-        for e in entries:
-            e["table budget"] = budget
-            e["best"] = "*" if best is not None and e["GLUE avg"] == best else ""
-            rows.append(e)
-    return pd.DataFrame(rows)
+# --- task tables -------------------------------------------------------------------------------------------------
+
+
+def _metric_names(rows: Sequence[pd.Series]) -> list[str]:
+    found = set()
+    for r in rows:
+        found |= {k[len("metric.") : -len(".mean")] for k in r.index if k.startswith("metric.") and k.endswith(".mean")
+                  and _num(r[k]) is not None}  # fmt: skip
+    return sorted(found)
+
+
+def task_table(j: Judged) -> Table:
+    spec = _task_spec(j.task)
+    scale = metric_scale(j.task)
+    primary = next((r["primary_name"] for r in j.rows if isinstance(r.get("primary_name"), str)), "primary")
+    others = [m for m in _metric_names(j.rows) if m != primary]
+    show_peak = any(
+        _num(r.get("adapter_peak")) and _num(r.get("adapter_peak")) != _num(r.get("adapter")) for r in j.rows
+    )
+    notes = sorted({r["method_note"] for r in j.rows if r.get("method_note")})
+    note_marks = tuple(Mark(f"method_note_{i}", "§" * (i + 1), n) for i, n in enumerate(notes))
+    headers = ["method", "budget", f"{primary} (primary)", "n", *others, "adapter params"]
+    headers += ["peak adapter params"] if show_peak else []
+    headers += ["trainable", "samples/s", "peak MiB"]
+    table_rows = []
+    for i, (r, name) in enumerate(zip(j.rows, j.names, strict=True)):
+        bold = j.claims.bold(name) if j.claims else False
+        marks = j.claims.marks(name) if j.claims else ()
+        n = int(r["n"])
+        failed = int(r.get("failed") or 0)
+        note = (f"method_note_{notes.index(r['method_note'])}",) if r.get("method_note") else ()
+        cells = [
+            Cell(r["method"]),
+            Cell(r["budget"]),
+            Cell(_pm(r.get("primary.mean"), r.get("primary.std"), scale), _num(r.get("primary.mean")), bold, marks),
+            Cell(f"{n} ({failed} failed)" if failed else str(n), n),
+            *(
+                Cell(_pm(r.get(f"metric.{m}.mean"), r.get(f"metric.{m}.std"), scale), _num(r.get(f"metric.{m}.mean")))
+                for m in others
+            ),  # fmt: skip
+            Cell(
+                count_label(_num(r.get("adapter"))) + _off(r.get("adapter"), r.get("budget_requested")),
+                _count(r.get("adapter")),
+                marks=note,
+            ),  # fmt: skip
+        ]
+        if show_peak:
+            cells.append(Cell(count_label(_num(r.get("adapter_peak"))), _count(r.get("adapter_peak"))))
+        sps = _num(r.get("samples_per_s"))
+        mem = _num(r.get("peak_memory_bytes"))
+        cells += [
+            Cell(count_label(_num(r.get("trainable"))), _count(r.get("trainable"))),
+            Cell("-" if sps is None else f"{sps:.1f}", sps),
+            Cell("-" if mem is None else f"{mem / 2**20:.0f}", _count(mem)),
+        ]
+        table_rows.append(Row(tuple(cells), j.variants[i]))
+    baseline = j.evidence.baseline if j.evidence is not None else None
+    if baseline is not None and baseline.available:
+        table_rows.append(_baseline_row(baseline, spec, primary, others, scale, len(headers)))
+    legend = [READING]
+    if j.claims is not None:
+        legend += j.claims.legend(scale, " points")
+    elif baseline is not None:
+        legend.append(f"no method has a result to judge; trivial baseline: {baseline.note or baseline.name}")
+    if baseline is not None:
+        legend += [f"trivial baseline {m}: {why}" for m, why in baseline.undefined.items()]
+        if _num(baseline.metrics.get(MSE)) is not None:
+            legend.append(f"trivial baseline mse: {baseline.metrics[MSE]:.4f} (what the learned test compares)")
+    if any(v for v in j.variants):
+        legend.append(VARIANT_NOTE)
+    if j.evidence is not None:
+        legend += list(j.evidence.notes)
+    marks = (j.claims.mark_defs if j.claims else ()) + note_marks
+    return Table(j.title, tuple(headers), tuple(table_rows), tuple(legend), marks)
+
+
+def _baseline_row(b: Baseline, spec, primary: str, others: list[str], scale: float, width: int) -> Row:
+    def value(m: str) -> Cell:
+        v = _num(b.metrics.get(m))
+        if v is None:
+            return Cell("undefined" if m in b.undefined else "-")
+        return Cell(f"{v * scale:.2f}", v)
+
+    cells = [
+        Cell(f"{TRIVIAL}: {b.name}"),
+        Cell(NO_BUDGET),
+        value(primary),
+        Cell("-", math.nan),
+        *(value(m) for m in others),
+    ]
+    cells += [Cell("-", math.nan)] * (width - len(cells))
+    return Row(tuple(cells))
+
+
+# --- rendering ---------------------------------------------------------------------------------------------------
 
 
 def render(summary: pd.DataFrame, fmt: str = "md") -> str:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     if summary.empty:
         return "no run records found"
+    from peftbench.harness.report.family import family_tables
+
+    judged = judge_tables(summary)
     if fmt == "csv":
-        return summary.to_csv(index=False)
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}; valid formats: md, csv, latex, html")
-    parts = []
-    for title, table in task_tables(summary):
-        parts.append(_heading(title, fmt))
-        parts.append(tabulate(table, headers="keys", tablefmt=FORMATS[fmt], showindex=False, disable_numparse=True))
-    glue = glue_summary(summary)
-    if glue is not None and glue["GLUE avg"].notna().any() and len(glue.columns) > 6:
-        shown = glue.copy()
-        for c in shown.columns:
-            if shown[c].dtype.kind == "f":
-                shown[c] = shown[c].map(lambda v: "missing" if math.isnan(v) else f"{v:.2f}")
-        parts.append(_heading("GLUE summary (primary metric, mean over seeds; * best average per budget)", fmt))
-        parts.append(tabulate(shown, headers="keys", tablefmt=FORMATS[fmt], showindex=False, disable_numparse=True))
-    return "\n\n".join(parts) + "\n"
+        from peftbench.harness.report.csv_table import leaderboard_csv
 
-
-def _heading(title: str, fmt: str) -> str:
+        return leaderboard_csv(judged)
+    tables = [task_table(j) for j in judged] + family_tables(judged)
     if fmt == "html":
-        return f"<h3>{title}</h3>"
-    if fmt == "latex":
-        return f"% {title}"
-    return f"### {title}"
+        return to_html(tables, title="peftbench leaderboard")
+    render_one = to_markdown if fmt == "md" else to_latex
+    return "\n".join(render_one(t) for t in tables)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftbench.harness.report.detectors import Flag
-from peftbench.harness.report.evidence import Arm, Group
+from peftbench.harness.report.page_groups import Arm, Group
 from peftbench.harness.report.ranks import TOP_FRACTION, RankSummary
 from peftbench.harness.report.verdict import HELPS, HURTS, NEITHER, TIES, Verdict
 

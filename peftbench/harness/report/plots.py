@@ -94,6 +94,35 @@ def _metric_scale(task: str) -> tuple[float, str]:
     return scale, " (%)" if scale == 100.0 else ""
 
 
+def _is_probe(method: str) -> bool:
+    from peftbench import registry
+
+    try:
+        return registry.adapters.get(method).is_probe
+    except UsageError:
+        return False
+
+
+def _trivial_baseline(rows, task: str) -> tuple[float, str] | None:
+    """The task's trivial baseline (value on the primary metric, name), from the runs' own stored references
+    and training rows, as the leaderboard computes it; None where it is undefined or cannot be computed."""
+    from peftbench import registry
+    from peftbench.harness.report.evidence import RowRuns, load_table
+
+    if "runs" not in rows:
+        return None
+    try:
+        spec = registry.tasks.get(task)
+    except UsageError:
+        return None
+    runs = [
+        RowRuns(str(i), tuple(r["runs"])) for i, (_, r) in enumerate(rows.iterrows()) if isinstance(r["runs"], tuple)
+    ]
+    base = load_table(spec, runs).baseline
+    value = _finite(base.primary(spec)) if base.available else None
+    return None if value is None else (value, base.name)
+
+
 def _is_reference(method: str, budget: str) -> bool:
     """Unbudgeted runs of an unbudgeted method (full FT) are a reference level, not a point on the x axis."""
     from peftbench import registry
@@ -116,8 +145,10 @@ def _finite(v) -> float | None:
 
 def plot_pareto(summary_or_frame, task: str, out: str | Path) -> list[Path]:
     """Primary metric against adapter parameters (log x) for one task: one line per budgeted method through
-    its budgets, error bars = std over seeds, and unbudgeted methods (full FT) as a horizontal band, mean ±
-    std. Accepts `aggregate.summarize` output or the per-run frame of `aggregate.runs_frame`."""
+    its budgets, error bars = std over seeds, unbudgeted methods (full FT, the linear probe) as horizontal
+    bands, mean ± std, and the trivial baseline as a dashed black line. Budgets label the top axis (not each
+    point, where labels of methods at one budget would overlap); the legend sits outside the axes. Accepts
+    `aggregate.summarize` output or the per-run frame of `aggregate.runs_frame`."""
     from peftbench.harness.report.aggregate import summarize
 
     df = summary_or_frame
@@ -132,6 +163,7 @@ def plot_pareto(summary_or_frame, task: str, out: str | Path) -> list[Path]:
     ax = fig.add_subplot()
     colours = itertools.cycle(matplotlib.colormaps["tab10"].colors)
     frontier: list[tuple[float, float]] = []
+    budget_ticks: dict[str, list[float]] = {}
     n_lines = 0
     for method, g in rows.groupby("method", sort=True):
         colour = next(colours)
@@ -144,7 +176,9 @@ def plot_pareto(summary_or_frame, task: str, out: str | Path) -> list[Path]:
             if _is_reference(method, r["budget"]):
                 label = f"{method} (mean ± std)"
                 params = _finite(r.get("adapter"))
-                if params:
+                if _is_probe(method):
+                    label = f"{method}: linear probe, the floor (mean ± std)"
+                elif params:
                     label = f"{method}, {count_label(params, 2)} params (mean ± std)"
                 ax.axhline(y * scale, color=colour, linestyle="--", linewidth=1.2, label=label)
                 ax.axhspan((y - std) * scale, (y + std) * scale, color=colour, alpha=0.15, linewidth=0)
@@ -162,8 +196,8 @@ def plot_pareto(summary_or_frame, task: str, out: str | Path) -> list[Path]:
         ax.errorbar(xs, ys, yerr=errs, color=colour, marker="o", markersize=5, capsize=3, linewidth=1.5,
                     label=f"{method} (n = {min(p[4] for p in points)}-{max(p[4] for p in points)} seeds)"
                     if len({p[4] for p in points}) > 1 else f"{method} (n = {points[0][4]} seeds)")  # fmt: skip
-        for x, y, _, budget, _ in points:
-            ax.annotate(budget, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour)
+        for x, _, _, budget, _ in points:
+            budget_ticks.setdefault(budget, []).append(x)
         frontier.extend((x, y) for x, y, *_ in points)
         n_lines += 1
     if not n_lines:
@@ -177,12 +211,24 @@ def plot_pareto(summary_or_frame, task: str, out: str | Path) -> list[Path]:
     if len(front) > 1:
         fx, fy = zip(*front, strict=True)
         ax.step(fx, fy, where="post", color="grey", linewidth=0.8, alpha=0.6, zorder=0, label="Pareto front")
+    baseline = _trivial_baseline(rows, task)
+    if baseline is not None:
+        ax.axhline(baseline[0] * scale, color="black", linestyle="--", linewidth=1.0,
+                   label=f"trivial baseline: {baseline[1]}")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (log scale)")
     ax.set_ylabel(f"{metric}{unit}")
     ax.set_title(f"{task}: {metric} vs adapter parameters", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="best")
+    if budget_ticks:
+        # One label per budget on the top axis, at the mean count the methods reached for it.
+        top = ax.secondary_xaxis("top")
+        ticks = sorted((float(np.mean(xs)), b) for b, xs in budget_ticks.items())
+        top.set_xticks([x for x, _ in ticks], [b for _, b in ticks], fontsize=7)
+        top.minorticks_off()
+        top.set_xlabel("budget", fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              title="error bars and bands: ± std over seeds", title_fontsize=7)  # fmt: skip
     return _save(fig, out)
 
 

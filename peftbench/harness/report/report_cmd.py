@@ -223,7 +223,7 @@ def _pareto(results: Path, task: str, profile: str, out: Path):
 def build_report(results: Path, tasks: list[str] | None, out: Path, resamples: int = 1000) -> Path:
     from peftbench import registry
     from peftbench.harness.report import page
-    from peftbench.harness.report.evidence import baseline_for, load_groups
+    from peftbench.harness.report.page_groups import baseline_for, load_groups
 
     groups = load_groups(results, tasks)
     out = Path(out)

@@ -375,3 +375,17 @@ def table_mdd(
     return min_detectable_difference(
         pooled_seed_variance(scored), n_seeds, example_variance, n, alpha, power, min_seeds
     )
+
+
+def versus(
+    task,
+    best: MethodRuns,
+    other: MethodRuns,
+    references: Sequence | None = None,
+    min_seeds: int = MIN_SEEDS,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> PairTest:
+    """`other` against a chosen `best` exactly as `top_group` compares them (two-sided; both noise sources with
+    enough seeds), before any multiplicity correction: for summaries that pick their best row elsewhere."""
+    return _versus_best(task, best, other, references, min_seeds, resamples, seed)

@@ -19,7 +19,7 @@ import numpy as np
 from peftbench.errors import UsageError
 from peftbench.harness.report.baselines import Baseline
 from peftbench.harness.report.compare import load_predictions, primary_split
-from peftbench.harness.report.evidence import Arm
+from peftbench.harness.report.page_groups import Arm
 from peftbench.harness.report.significance import ALPHA, MIN_SEEDS, LearnedTest, MethodRuns, learned_test
 from peftbench.harness.report.stats import SeedTest, paired_bootstrap, paired_t
 from peftbench.records import RunRecord

@@ -114,6 +114,12 @@ def resolve(req: RunRequest) -> RunConfig:
     if req.budget is not None:
         if not adapter_cls.budgeted:
             raise BudgetError(f"method {req.method!r} is the unbudgeted reference; drop --budget for it")
+        solved = sorted(set(m_over) & set(adapter_cls.budget_knobs))
+        if solved:
+            raise BudgetError(
+                f"--budget {req.budget} solves {req.method}'s {', '.join(solved)}, so --set "
+                f"{' '.join(f'{k}={m_over[k]}' for k in solved)} would be ignored; drop one of them"
+            )
         shape = model_shape(model, task.name, train.targets)
         requested = parse_budget(req.budget, shape.base_params)
         method_cfg = adapter_cls.for_budget(list(shape.targets), requested, method_cfg).config
@@ -164,12 +170,24 @@ MATCH_TOLERANCE = 0.05
 
 
 def planned_adapter_count(cfg: RunConfig) -> int | None:
-    """The adapter count the solved config promises (AdaLoRA in triplet mode: its expected final count)."""
-    if cfg.budget_requested is None:
-        return None
+    """The adapter count the solved config promises at the end of training (AdaLoRA in triplet mode: its
+    expected final count); None where the method cannot say before training."""
     adapter_cls = registry.adapters.get(cfg.method)
     shape = model_shape(cfg.model, cfg.task, cfg.train.targets)
-    return adapter_cls.adapter_count(list(shape.targets), method_config_of(cfg))
+    if adapter_cls.trains_base:
+        return shape.base_params
+    try:
+        return adapter_cls.adapter_count(list(shape.targets), method_config_of(cfg))
+    except NotImplementedError:
+        return None
+
+
+def planned_peak_count(cfg: RunConfig) -> int | None:
+    """The most adapter parameters the run trains at once, where more than the final count (AdaLoRA's initial
+    ranks); None otherwise."""
+    adapter_cls = registry.adapters.get(cfg.method)
+    shape = model_shape(cfg.model, cfg.task, cfg.train.targets)
+    return adapter_cls.peak_adapter_count(list(shape.targets), method_config_of(cfg))
 
 
 def budget_mismatches(configs: list[RunConfig]) -> list[str]:
@@ -181,6 +199,8 @@ def budget_mismatches(configs: list[RunConfig]) -> list[str]:
             continue
         seen.add(key)
         got = planned_adapter_count(cfg)
+        if got is None:
+            continue
         off = (got - cfg.budget_requested) / cfg.budget_requested
         if abs(off) > MATCH_TOLERANCE:
             out.append(f"{cfg.task}/{cfg.method} @ {cfg.budget}: {got:,} planned, {off:+.1%} off the request")
