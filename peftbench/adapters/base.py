@@ -206,7 +206,15 @@ class Adapter(ABC):
         """After optimizer.step(), before zero_grad(); only on steps where gradients were synced.
         `step` is the 0-based index of the optimizer step just taken (0 .. plan.total_steps - 1)."""
 
+    # The wrapper layer this method puts on its targets, when it has one with a `merge()`: the default `merge`
+    # folds every such layer into its base weight.
+    layer_cls: ClassVar[type | None] = None
+
     def merge(self, model: nn.Module) -> nn.Module:
+        if self.layer_cls is not None:
+            for m in model.modules():
+                if isinstance(m, self.layer_cls):
+                    m.merge()
         return model
 
     def diagnostics(self) -> dict:

@@ -108,6 +108,7 @@ class IA3Linear(nn.Module):
 
 class IA3Adapter(Adapter):
     name = "ia3"
+    layer_cls = IA3Linear
     config_cls = IA3Config
     # The vectors start at 1 and act multiplicatively, so they need larger steps than LoRA's factors; the paper's
     # T-Few recipe uses 3e-3. Not tuned here.
@@ -137,12 +138,6 @@ class IA3Adapter(Adapter):
             set_submodule(model, t.name, layer)
             self.layers[t.name] = (t.kind, layer)
         log.debug("ia3: %d Linears rescaled", len(found))
-        return model
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        for m in model.modules():
-            if isinstance(m, IA3Linear):
-                m.merge()
         return model
 
     def diagnostics(self) -> dict:

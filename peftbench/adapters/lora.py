@@ -328,6 +328,7 @@ def max_rank(targets: list[TargetMatrix]) -> int:
 
 class LoraAdapter(Adapter):
     name = "lora"
+    layer_cls = LoraLinear  # DoRA's layer is one too
     display_name = "LoRA"
     config_cls = LoraConfig
     budget_knobs = ("r",)
@@ -357,12 +358,6 @@ class LoraAdapter(Adapter):
     def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
         c = self.config
         wrap_targets(model, plan, lambda lin: LoraLinear(lin, c.r, c.alpha, c.dropout, c.rslora))
-        return model
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        for m in model.modules():
-            if isinstance(m, LoraLinear):
-                m.merge()
         return model
 
     @classmethod

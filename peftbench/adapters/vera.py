@@ -129,6 +129,7 @@ class VeraLinear(AdditiveDelta):
 
 class VeraAdapter(Adapter):
     name = "vera"
+    layer_cls = VeraLinear
     config_cls = VeraConfig
     budget_knobs = ("r",)
     # Scaling vectors move the update only multiplicatively, and b starts at 0: the paper trains them with
@@ -153,12 +154,6 @@ class VeraAdapter(Adapter):
         wrap_targets(model, plan, lambda lin: VeraLinear(lin, shared, c.d_initial, c.dropout))
         self.shared, self.n_matrices = shared, len(targets)
         log.debug("vera: %d matrices share A %s and B %s", len(targets), tuple(shared.A.shape), tuple(shared.B.shape))
-        return model
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        for m in model.modules():
-            if isinstance(m, VeraLinear):
-                m.merge()
         return model
 
     def diagnostics(self) -> dict:

@@ -44,6 +44,7 @@ MAX_CURVE_POINTS = 200
 
 class AdaLoraAdapter(Adapter):
     name = "adalora"
+    layer_cls = AdaLoraLinear
     display_name = "AdaLoRA"
     config_cls = AdaLoraConfig
     # init_r too: with a budget it is derived from the final budget (init_budget_ratio), never taken as given.
@@ -181,10 +182,7 @@ class AdaLoraAdapter(Adapter):
         if self.allocator is not None and self.allocator.finalised:
             # The final pattern is fixed: make sure no optimizer step left a pruned value non-zero.
             self.allocator.reapply_mask()
-        for m in model.modules():
-            if isinstance(m, AdaLoraLinear):
-                m.merge()
-        return model
+        return super().merge(model)
 
     def diagnostics(self) -> dict:
         if self.allocator is None or self.budget is None or self.schedule is None:
