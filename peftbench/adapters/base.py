@@ -151,7 +151,11 @@ def solve_integer_rank(
     return r, fixed + r * per_rank
 
 
-def fmt_count(n: float) -> str:
+def fmt_count(n: float, m_decimals: int | None = None) -> str:
+    """A parameter count for people. Messages: 3 significant digits. Tables and plots (`m_decimals`): millions
+    from 100K up with that many decimals, else thousands with one, so a column lines up."""
+    if m_decimals is not None:
+        return f"{n / 1e6:.{m_decimals}f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
     if abs(n) >= 1e6:
         return f"{n / 1e6:.3g}M"
     if abs(n) >= 1e3:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+from peftbench.adapters.base import fmt_count
 from peftbench.config import to_jsonable
 from peftbench.records import Params, Perf, RunRecord, iter_records
 
@@ -101,8 +102,7 @@ def count_label(n, m_decimals: int = 3) -> str:
     """A parameter count as tables and plots show it: millions from 100K up, else thousands; '-' when missing."""
     if n is None or (isinstance(n, float) and math.isnan(n)):
         return "-"
-    n = float(n)
-    return f"{n / 1e6:.{m_decimals}f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+    return fmt_count(float(n), m_decimals)
 
 
 def metric_scale(task: str) -> float:
