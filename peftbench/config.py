@@ -39,6 +39,13 @@ class TrainConfig:
     train_rows: int = field(default=0, metadata={"help": "use at most this many training rows (0: all)"})
     eval_rows: int = field(default=0, metadata={"help": "evaluate on at most this many rows per split (0: all)"})
     eval_every: int = field(default=0, metadata={"help": "also evaluate every N optimizer steps (0: only at the end)"})
+    dev_rows: int = field(
+        default=0,
+        metadata={
+            "help": "hold out this many training rows (chosen by content hash) as a dev split and evaluate on it "
+            "instead of the validation splits: what `peftbench tune` chooses settings on (0: off)"
+        },
+    )
     eval_batch_size: int = field(default=64, metadata={"help": "examples per evaluation batch"})
     group_by_length: bool = field(default=True, metadata={"help": "length-grouped batches (less padding)"})
     precision: str = field(
@@ -52,6 +59,9 @@ class TrainConfig:
         default=DEFAULT_TARGETS, metadata={"help": "Linear modules to adapt (name suffixes)"}
     )
 
+
+# TrainConfig fields newer than the first records: left out of the config hash at their default value.
+_HASHED_ONLY_WHEN_SET: dict[str, Any] = {"dev_rows": 0}
 
 # Training profiles: named starting points for TrainConfig; --set overrides them field by field.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -105,6 +115,10 @@ class RunConfig:
         d = to_jsonable(self)
         d["model"].pop("path", None)
         d["model"].pop("name", None)
+        # Settings added after records existed count only when set, so older records keep their identity.
+        for key, default in _HASHED_ONLY_WHEN_SET.items():
+            if d["train"].get(key) == default:
+                d["train"].pop(key, None)
         return d
 
     @property

@@ -172,6 +172,8 @@ class Adapter(ABC):
     config_cls: ClassVar[type]
     # Learning rate used when the user sets none; part of the resolved (hashed) config.
     default_lr: ClassVar[float] = 1e-3
+    # `peftbench tune`'s default grid (setting -> values); empty: the default learning rate alone.
+    tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
     # False for the unbudgeted reference (full fine-tuning).
     budgeted: ClassVar[bool] = True
     # True for the method others are compared with at the same budget (LoRA): reports and perf pick it by this.

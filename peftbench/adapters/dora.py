@@ -153,6 +153,8 @@ class DoraAdapter(LoraAdapter):
     config_cls = DoraConfig
     budget_knobs = ("r",)
     default_lr = 1e-3
+    # DoRA keeps LoRA's learning rates (Liu et al. 2024, the commonsense and GLUE-style setups), so LoRA's grid.
+    tune_grid = {"lr": (5e-4, 1e-3, 2e-3)}
     is_reference = False
     peft_use_dora = True
     perf_floor_limit = 1.12

@@ -333,6 +333,9 @@ class LoraAdapter(Adapter):
     config_cls = LoraConfig
     budget_knobs = ("r",)
     default_lr = 1e-3
+    # LoRA's RoBERTa-base GLUE table (Hu et al. 2022, Table 9: 4e-4..5e-4 over 25-80 epochs), scaled up for
+    # runs of a few hundred steps.
+    tune_grid = {"lr": (5e-4, 1e-3, 2e-3)}
     is_reference = True
     peft_use_dora = False  # DoRA is LoRA's layer with a magnitude: peft's LoraConfig(use_dora=True)
     perf_floor_limit = 1.05

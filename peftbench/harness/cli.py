@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "peftbench.harness.report.report_cmd",
     "peftbench.harness.regress.gate",
     "peftbench.harness.perf.cli",
+    "peftbench.harness.tune.cmd",
 )
 
 
@@ -383,6 +384,10 @@ def cmd_leaderboard(args) -> int:
     df = filter_runs(df, "method", args.methods, "method", registry.adapters.names())
     df = filter_runs(df, "profile", args.profiles, "profile", sorted(PROFILES))
     text = render(summarize(df), args.format)
+    if args.format == "md" and not df.empty:
+        from peftbench.harness.tune.table import recipe_sections
+
+        text += recipe_sections(df["profile"], df["task"], df["method"])
     if args.out:
         from peftbench.records import atomic_write_text
 

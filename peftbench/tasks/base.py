@@ -102,6 +102,11 @@ class TaskSpec:
             return f"label {label!r} out of range 0..{self.num_labels - 1}"
         return None
 
+    def dev_key(self, row: dict[str, Any]) -> str:
+        """What identifies a row's content when a dev split is carved out of the training rows: rows with the
+        same key are held out together."""
+        return "\x1f".join(row[f] for f in self.text_fields)
+
     # --- model -------------------------------------------------------------------------------------------
     def model_kwargs(self) -> dict[str, Any]:
         if self.head == "regression":

@@ -88,6 +88,10 @@ class SquadTask(TaskSpec):
             return "a SQuAD v1.1 question needs at least one answer (unanswerable questions belong to squad_v2)"
         return None
 
+    def dev_key(self, row: dict[str, Any]) -> str:
+        # A paragraph's questions are held out together: a dev question whose context was trained on would leak.
+        return row["context"]
+
     def question_token_limit(self, tokenizer, max_length: int) -> int:
         """Longest question (in tokens) that still leaves the context more room than the window overlap."""
         limit = max_length - tokenizer.num_special_tokens_to_add(pair=True) - self.doc_stride - 1

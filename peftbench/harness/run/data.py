@@ -152,14 +152,61 @@ def _load_hub(task: TaskSpec, split: str) -> list[dict]:
 
 def load_rows(task: TaskSpec, source: str, split: str, limit: int = 0) -> list[dict]:
     rows = _load_hub(task, split) if source == "hub" else _load_local(task, source, split)
-    if limit and limit < len(rows):
-        if task.subset == "head":
-            rows = rows[:limit]  # keep whole paragraphs together: the files are in article order
-        else:
-            # A fixed subset, the same for every seed and method, so their scores compare on the same rows.
-            keep = sorted(random.Random(0).sample(range(len(rows)), limit))
-            rows = [rows[i] for i in keep]
-    return rows
+    return subset_rows(task, rows, limit)
+
+
+def subset_rows(task: TaskSpec, rows: list[dict], limit: int) -> list[dict]:
+    if not limit or limit >= len(rows):
+        return rows
+    if task.subset == "head":
+        return rows[:limit]  # keep whole paragraphs together: the files are in article order
+    # A fixed subset, the same for every seed and method, so their scores compare on the same rows.
+    keep = sorted(random.Random(0).sample(range(len(rows)), limit))
+    return [rows[i] for i in keep]
+
+
+def dev_split(
+    task: TaskSpec, rows: list[dict], n_dev: int, exclude: frozenset[str] = frozenset()
+) -> tuple[list[dict], list[dict]]:
+    """Training rows cut into (rest, dev) by content: a row is dev when the hash of its `TaskSpec.dev_key` ranks
+    among the lowest. Rows sharing a key (a duplicate sentence, a SQuAD paragraph's questions) land on the same
+    side, so nothing the model trains on is scored as dev; the cut is the same on every machine and for every
+    seed and method. Rows whose key is in `exclude` (text that also occurs in a validation split: CoLA and
+    STS-B have a few) are never dev. Both parts keep the file order."""
+    if n_dev <= 0:
+        return rows, []
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        content = task.dev_key(row)
+        if content in exclude:
+            continue
+        key = hashlib.sha256(("peftbench-dev-v1\n" + content).encode()).hexdigest()
+        groups.setdefault(key, []).append(i)
+    chosen: set[int] = set()
+    for key in sorted(groups):
+        if len(chosen) >= n_dev:
+            break
+        chosen.update(groups[key])
+    if len(chosen) >= len(rows):
+        raise UsageError(
+            f"dev_rows={n_dev} leaves no training rows for {task.name} ({len(rows)} rows); use a smaller dev_rows"
+        )
+    return [r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen]
+
+
+def validation_keys(task: TaskSpec, source: str) -> frozenset[str]:
+    """The content keys of every evaluation split's rows: what a dev split must never contain."""
+    return frozenset(task.dev_key(r) for e in task.eval_splits for r in load_rows(task, source, e.split))
+
+
+def train_and_eval_rows(task: TaskSpec, source: str, train_cap: int, eval_cap: int, n_dev: int):
+    """The rows a run trains on, and its evaluation sets {split: (rows, metric prefix)}: the task's validation
+    splits, or with `n_dev` the dev rows held out of the training split (never a validation row)."""
+    if n_dev:
+        rest, dev = dev_split(task, load_rows(task, source, task.train_split), n_dev, validation_keys(task, source))
+        return subset_rows(task, rest, train_cap), {"dev": (subset_rows(task, dev, eval_cap), "")}
+    train = load_rows(task, source, task.train_split, train_cap)
+    return train, {e.split: (load_rows(task, source, e.split, eval_cap), e.prefix) for e in task.eval_splits}
 
 
 # --- features -----------------------------------------------------------------------------------------------

@@ -24,11 +24,12 @@ from peftbench.config import (
     to_jsonable,
 )
 from peftbench.errors import BudgetError, UsageError
-from peftbench.harness.run.data import count_rows, data_fingerprint, split_file
+from peftbench.harness.run.data import count_rows, data_fingerprint, dev_split, load_rows, split_file, validation_keys
 from peftbench.harness.run.devices import parse_device
 from peftbench.harness.run.models import resolve_model
 from peftbench.harness.run.precision import PRECISIONS, choose_precision
 from peftbench.harness.run.train import plan_steps
+from peftbench.recipes import load_recipe
 from peftbench.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,14 @@ def model_shape(model: ModelRef, task_name: str, targets: tuple[str, ...]) -> Mo
     return ModelShape(tuple(found), base)
 
 
-def count_train_rows(task, data: str, cap: int) -> int | None:
+def count_train_rows(task, data: str, cap: int, dev_rows: int = 0) -> int | None:
     if data == "hub":
         return None
     n = count_rows(split_file(task, data, task.train_split))
+    if dev_rows:
+        # Exact, as groups of equal content move together: the same cut the runner makes.
+        rows = load_rows(task, data, task.train_split)
+        n = len(dev_split(task, rows, dev_rows, validation_keys(task, data))[0])
     return min(n, cap) if cap else n
 
 
@@ -98,7 +103,10 @@ def resolve(req: RunRequest) -> RunConfig:
     if req.profile not in PROFILES:
         raise UsageError(unknown_name_message("profile", req.profile, sorted(PROFILES)))
     model = _cached_model(req.model)
-    m_over, t_over = split_overrides(list(req.sets), adapter_cls.config_cls, req.method)
+    recipe = load_recipe(req.profile)
+    # The recipe first, so that the user's --set wins; both end up in the config the hash covers.
+    recipe_sets = recipe.sets(task.name, req.method) if recipe else ()
+    m_over, t_over = split_overrides([*recipe_sets, *req.sets], adapter_cls.config_cls, req.method)
     base = TrainConfig(**{**PROFILES[req.profile], **task.profile_settings(req.profile)})
     train = apply_overrides(TrainConfig, base, t_over, "train")
     if train.lr <= 0:
@@ -114,7 +122,8 @@ def resolve(req: RunRequest) -> RunConfig:
     if req.budget is not None:
         if not adapter_cls.budgeted:
             raise BudgetError(f"method {req.method!r} is the unbudgeted reference; drop --budget for it")
-        solved = sorted(set(m_over) & set(adapter_cls.budget_knobs))
+        user_m_over = split_overrides(list(req.sets), adapter_cls.config_cls, req.method)[0]
+        solved = sorted(set(user_m_over) & set(adapter_cls.budget_knobs))
         if solved:
             raise BudgetError(
                 f"--budget {req.budget} solves {req.method}'s {', '.join(solved)}, so --set "
@@ -123,7 +132,7 @@ def resolve(req: RunRequest) -> RunConfig:
         shape = model_shape(model, task.name, train.targets)
         requested = parse_budget(req.budget, shape.base_params)
         method_cfg = adapter_cls.for_budget(list(shape.targets), requested, method_cfg).config
-    n_rows = count_train_rows(task, req.data, train.train_rows)
+    n_rows = count_train_rows(task, req.data, train.train_rows, train.dev_rows)
     if n_rows is not None and task.one_feature_per_row:
         # Span tasks have more features than rows; the runner checks again with the exact count.
         adapter_cls.check_plan(method_cfg, ApplyPlan(plan_steps(n_rows, train), train.targets))
@@ -157,6 +166,8 @@ def _check_train(t: TrainConfig) -> None:
     for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size"):  # max_length resolved by now
         if getattr(t, name) < 1:
             raise UsageError(f"train setting {name} must be >= 1, got {getattr(t, name)}")
+    if t.dev_rows < 0:
+        raise UsageError(f"dev_rows must be >= 0, got {t.dev_rows}")
     if t.epochs <= 0 and t.max_steps <= 0:
         raise UsageError("set epochs > 0 or max_steps > 0")
     if t.precision not in PRECISIONS:

@@ -13,7 +13,7 @@ from peftbench import registry
 from peftbench.adapters.base import ApplyPlan, store_frozen_as
 from peftbench.config import RunConfig
 from peftbench.errors import TrainingDiverged, UsageError
-from peftbench.harness.run.data import featurize_cached, load_rows
+from peftbench.harness.run.data import featurize_cached, train_and_eval_rows
 from peftbench.harness.run.devices import make_accelerator, parse_device
 from peftbench.harness.run.measure import environment
 from peftbench.harness.run.plan import method_config_of
@@ -45,6 +45,8 @@ def _feature_key(cfg: RunConfig, split: str, n_rows: int, train_split: bool) -> 
         "revision": cfg.model.revision,
         "max_length": cfg.train.max_length,
         "train": train_split,
+        # The same row count can hold other rows once a dev split is carved out.
+        "dev_rows": cfg.train.dev_rows,
     }
 
 
@@ -86,8 +88,7 @@ def execute(
     path = record_path(results, cfg.task, cfg.method, cfg.config_hash)
     t = cfg.train
 
-    train_rows = load_rows(task, cfg.data, task.train_split, t.train_rows)
-    eval_rows = {e.split: (load_rows(task, cfg.data, e.split, t.eval_rows), e.prefix) for e in task.eval_splits}
+    train_rows, eval_rows = train_and_eval_rows(task, cfg.data, t.train_rows, t.eval_rows, t.dev_rows)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, revision=cfg.model.revision)
     train_feats = featurize_cached(
         task, train_rows, tokenizer, _feature_key(cfg, task.train_split, len(train_rows), True), t.max_length, True

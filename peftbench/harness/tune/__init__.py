@@ -1,0 +1,1 @@
+"""`peftbench tune`: settings chosen on a dev split, written into recipes."""
