@@ -41,6 +41,7 @@ def _row(rec: RunRecord) -> dict:
         "samples_per_s": perf.train_samples_per_second,
         "tokens_per_s": perf.train_tokens_per_second,
         "peak_memory_bytes": perf.peak_memory_bytes,
+        "peak_memory_kind": perf.peak_memory_kind,
         "step_ms": perf.step_time_ms_median,
         "train_seconds": perf.train_seconds,
         "config_hash": rec.config_hash,
@@ -155,6 +156,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         )
         row["settings"] = g["settings"].iloc[0]
         row["method_note"] = g["method_note"].iloc[0]
+        kinds = sorted({k for k in good.get("peak_memory_kind", pd.Series(dtype=object)).dropna() if k})
+        row["peak_memory_kind"] = ",".join(kinds)
         row["budget_requested"] = (
             g["budget_requested"].dropna().iloc[0] if g["budget_requested"].notna().any() else None
         )

@@ -34,6 +34,13 @@ READING = (
     "adapter parameters, head excluded; adapter params: the count at the end of training, (±x%) when more than 5% "
     "off the budget"
 )
+# One definition of "peak memory" per device, named under every table that shows it.
+MEMORY_KINDS = {
+    "process_max_rss": "the run process's maximum resident set size (CPU: weights, activations, optimizer state, "
+    "data and the Python runtime; the OS's figure, not tensor bytes)",
+    "cuda_max_allocated": "the CUDA caching allocator's peak of allocated tensor bytes on the run's GPU "
+    "(torch.cuda.max_memory_allocated; the process's host memory is not included)",
+}
 VARIANT_NOTE = "variant: the settings in which runs of one method differ; runs of different variants never pool"
 
 
@@ -208,6 +215,9 @@ def task_table(j: Judged) -> Table:
         legend += [f"trivial baseline {m}: {why}" for m, why in baseline.undefined.items()]
         if _num(baseline.metrics.get(MSE)) is not None:
             legend.append(f"trivial baseline mse: {baseline.metrics[MSE]:.4f} (what the learned test compares)")
+    kinds = sorted({k for r in j.rows for k in str(r.get("peak_memory_kind") or "").split(",") if k})
+    if kinds:
+        legend.append("peak MiB: " + "; ".join(f"{MEMORY_KINDS.get(k, k)}" for k in kinds))
     if any(v for v in j.variants):
         legend.append(VARIANT_NOTE)
     if j.evidence is not None:
