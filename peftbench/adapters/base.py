@@ -224,6 +224,13 @@ class Adapter(ABC):
     def diagnostics(self) -> dict:
         return {}
 
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (torch's format: params, lr, weight_decay). The default is one group
+        of every trainable parameter; a method whose parameters want different learning rates (LoRA+) splits
+        them here, so the runner builds every optimizer the same way."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+
     @classmethod
     def adapter_count(cls, targets: list[TargetMatrix], config: Any) -> int:
         """Adapter parameters (head excluded) this config will have at the end of training."""
