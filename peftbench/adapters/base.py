@@ -6,12 +6,15 @@ import dataclasses
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from peftbench.errors import BudgetError
+
+if TYPE_CHECKING:
+    from peftbench.adapters.peft_format import PeftExport
 
 # Modules trained by every method and reported apart from the adapter budget.
 HEAD_MODULES: tuple[str, ...] = ("classifier", "qa_outputs", "score")
@@ -252,6 +255,12 @@ class Adapter(ABC):
     def for_budget(cls, targets: list[TargetMatrix], budget: int, base: Any) -> BudgetSolution:
         """Solve this method's hyper-parameters so its adapter count meets `budget`."""
         raise BudgetError(f"method {cls.name!r} takes no budget; drop --budget for it")
+
+    def peft_export(self, model: nn.Module) -> PeftExport | None:
+        """The trained adapter and head in peft's on-disk format (see adapters.peft_format), for
+        `PeftModel.from_pretrained` on the untouched base model; None where this method is not written that way
+        (the runner then saves the trainable parameters in peftbench's own layout). Call it before any merge."""
+        return None
 
     @classmethod
     def peft_twin(cls, config: Any, target_modules: str, task_type: str, total_steps: int) -> PeftTwin | None:

@@ -167,6 +167,7 @@ class DoraAdapter(LoraAdapter):
     def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
         c = self.config
         targets = wrap_targets(model, plan, lambda lin: DoraLinear(lin, c.r, c.alpha, c.dropout, c.rslora, c.init))
+        self.head_modules = plan.head_modules
         log.debug("dora: wrapped %d matrices at r=%d", len(targets), c.r)
         return model
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftbench.adapters.base import (
+    HEAD_MODULES,
     Adapter,
     ApplyPlan,
     BudgetSolution,
@@ -26,6 +27,7 @@ from peftbench.adapters.base import (
     solve_integer_rank,
 )
 from peftbench.adapters.loraplus import loraplus_groups
+from peftbench.adapters.peft_format import PeftExport, lora_export
 from peftbench.adapters.pissa import pissa_factors
 from peftbench.errors import UsageError
 
@@ -371,6 +373,7 @@ class LoraAdapter(Adapter):
     budget_knobs = ("r",)
     default_lr = 1e-3
     is_reference = True
+    head_modules: tuple[str, ...] = HEAD_MODULES
     peft_use_dora = False  # DoRA is LoRA's layer with a magnitude: peft's LoraConfig(use_dora=True)
     perf_floor_limit = 1.05
     perf_note = (
@@ -396,7 +399,14 @@ class LoraAdapter(Adapter):
     def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
         c = self.config
         wrap_targets(model, plan, lambda lin: LoraLinear(lin, c.r, c.alpha, c.dropout, c.rslora, c.init))
+        self.head_modules = plan.head_modules
         return model
+
+    def peft_export(self, model: nn.Module) -> PeftExport:
+        c = self.config
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+        return lora_export(model, layers, alpha=c.alpha, dropout=c.dropout, rslora=c.rslora,
+                           use_dora=self.peft_use_dora, head_modules=self.head_modules)  # fmt: skip
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         if self.config.lr_ratio == 1.0:
