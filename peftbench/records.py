@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -366,6 +367,32 @@ def predictions_path(record_file: Path) -> Path:
 def adapter_weights_path(record_file: Path) -> Path:
     """Trained adapter and head weights (safetensors) live beside the record."""
     return Path(record_file).with_suffix(".adapter.safetensors")
+
+
+def peft_adapter_dir(record_file: Path) -> Path:
+    """The same in peft's format (a directory for `PeftModel.from_pretrained`), for methods peft loads."""
+    return Path(record_file).with_suffix(".adapter")
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """A temporary directory beside `path`, put in its place only when the block succeeds: a reader sees the
+    old directory or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = None
+    try:
+        yield tmp
+        if path.exists():
+            # A rename cannot replace a non-empty directory: move the old one aside first, remove it after.
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def set_aside(path: Path) -> Path:

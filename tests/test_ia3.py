@@ -109,3 +109,17 @@ def test_identity_at_init_count_and_bad_configs():
         )
     with pytest.raises(UsageError, match="scale_outputs"):
         IA3Adapter(IA3Config()).apply(copy.deepcopy(base), ApplyPlan(10, ("query",)))
+
+
+def test_count_and_output_at_init_match_peft():
+    base = _base_model()
+    ours = IA3Adapter(IA3Config())
+    mine = ours.apply(copy.deepcopy(base), ApplyPlan(total_steps=10, targets=DEFAULT_TARGETS))
+    cfg = peft.IA3Config(target_modules=PEFT_TARGETS, feedforward_modules=PEFT_FEEDFORWARD, task_type="SEQ_CLS")
+    theirs = peft.get_peft_model(copy.deepcopy(base), cfg)
+    # peft counts the head (modules_to_save) with the vectors.
+    report = ours.param_report(mine)
+    assert theirs.get_nb_trainable_parameters()[0] == report.adapter + report.head
+    x = _inputs()
+    assert torch.equal(mine(**x).logits, base(**x).logits)
+    assert torch.allclose(mine(**x).logits, theirs(**x).logits, **TOL)

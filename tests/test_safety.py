@@ -163,6 +163,8 @@ def test_a_resolved_config_file_is_plain_json_into_typed_fields(tiny_model_dir, 
 
 
 def test_save_adapter_writes_safetensors_that_restore_the_trained_model(tiny_model_dir, tmp_path, capsys):
+    """Methods peft does not load (here VeRA) keep peftbench's own layout; LoRA, DoRA and AdaLoRA are written in
+    peft's (tests/test_peft_export.py)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
@@ -171,16 +173,16 @@ def test_save_adapter_writes_safetensors_that_restore_the_trained_model(tiny_mod
     from peftbench.harness.run.plan import method_config_of
     from peftbench.harness.run.train import evaluate
 
-    argv = ["run", "--task", "stsb", "--method", "lora", "--model", str(tiny_model_dir), "--results", str(tmp_path)]
+    argv = ["run", "--task", "stsb", "--method", "vera", "--model", str(tiny_model_dir), "--results", str(tmp_path)]
     # fp32: the restored model is evaluated below without autocast, as the run was.
     assert main([*argv, "--quiet", "--save-adapter", *_sets(), "--set", "precision=fp32"]) == 0
-    [path] = (tmp_path / "runs" / "stsb" / "lora").glob("*.json")
+    [path] = (tmp_path / "runs" / "stsb" / "vera").glob("*.json")
     weights = path.with_suffix(".adapter.safetensors")
     assert f"weights {weights.name}" in capsys.readouterr().out
     rec = load_record(path).record
     assert rec.adapter_file == weights.name
     with safe_open(str(weights), "pt") as f:
-        assert f.metadata()["config_hash"] == path.stem and f.metadata()["method"] == "lora"
+        assert f.metadata()["config_hash"] == path.stem and f.metadata()["method"] == "vera"
 
     cfg = rec.config
     task = registry.tasks.get("stsb")
@@ -188,15 +190,15 @@ def test_save_adapter_writes_safetensors_that_restore_the_trained_model(tiny_mod
     def fresh_model():
         torch.manual_seed(123)  # a head initialised unlike the run's
         model = task.model_class().from_pretrained(cfg.model.path, **task.model_kwargs())
-        adapter = registry.adapters.get("lora")(method_config_of(cfg))
+        adapter = registry.adapters.get("vera")(method_config_of(cfg))
         return adapter.apply(model, ApplyPlan(total_steps=2, targets=cfg.train.targets))
 
     model = fresh_model()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     tensors = load_file(str(weights))
     assert set(tensors) == trainable  # adapter and head, nothing frozen
-    assert any(".lora_B" in n for n in tensors) and any(n.startswith("classifier.") for n in tensors)
-    assert all(tensors[n].abs().sum() > 0 for n in tensors if n.endswith("lora_B"))  # trained (B starts at zero)
+    assert any(".vera_b" in n for n in tensors) and any(n.startswith("classifier.") for n in tensors)
+    assert all(tensors[n].abs().sum() > 0 for n in tensors if n.endswith("vera_b"))  # trained (b starts at zero)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     assert unexpected == [] and trainable.isdisjoint(missing)
 

@@ -136,3 +136,16 @@ def test_param_count_and_budget_solving():
         VeraAdapter.for_budget(targets, 100, VeraConfig())
     with pytest.raises(BudgetError, match="nearest achievable"):
         VeraAdapter.for_budget(targets, 3 * (d_out + 12 * MAX_RANK), VeraConfig())
+
+
+def test_count_and_output_at_init_match_peft():
+    base = _base_model()
+    ours = VeraAdapter(VeraConfig(r=16, projection_seed=5))
+    mine = ours.apply(copy.deepcopy(base), ApplyPlan(total_steps=10, targets=DEFAULT_TARGETS))
+    cfg = peft.VeraConfig(r=16, target_modules=PEFT_TARGETS, task_type="SEQ_CLS", projection_prng_key=5)
+    theirs = peft.get_peft_model(copy.deepcopy(base), cfg)
+    # peft counts the head (modules_to_save) with the adapter; the shared A and B are buffers on both sides.
+    report = ours.param_report(mine)
+    assert theirs.get_nb_trainable_parameters()[0] == report.adapter + report.head
+    x = _inputs()
+    assert torch.allclose(mine(**x).logits, theirs(**x).logits, **TOL)

@@ -6,12 +6,15 @@ import dataclasses
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from peftbench.errors import BudgetError
+
+if TYPE_CHECKING:
+    from peftbench.adapters.peft_format import PeftExport
 
 # Modules trained by every method and reported apart from the adapter budget.
 HEAD_MODULES: tuple[str, ...] = ("classifier", "qa_outputs", "score")
@@ -226,6 +229,13 @@ class Adapter(ABC):
     def diagnostics(self) -> dict:
         return {}
 
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (torch's format: params, lr, weight_decay). The default is one group
+        of every trainable parameter; a method whose parameters want different learning rates (LoRA+) splits
+        them here, so the runner builds every optimizer the same way."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+
     @classmethod
     def adapter_count(cls, targets: list[TargetMatrix], config: Any) -> int:
         """Adapter parameters (head excluded) this config will have at the end of training."""
@@ -247,6 +257,12 @@ class Adapter(ABC):
     def for_budget(cls, targets: list[TargetMatrix], budget: int, base: Any) -> BudgetSolution:
         """Solve this method's hyper-parameters so its adapter count meets `budget`."""
         raise BudgetError(f"method {cls.name!r} takes no budget; drop --budget for it")
+
+    def peft_export(self, model: nn.Module) -> PeftExport | None:
+        """The trained adapter and head in peft's on-disk format (see adapters.peft_format), for
+        `PeftModel.from_pretrained` on the untouched base model; None where this method is not written that way
+        (the runner then saves the trainable parameters in peftbench's own layout). Call it before any merge."""
+        return None
 
     @classmethod
     def peft_twin(cls, config: Any, target_modules: str, task_type: str, total_steps: int) -> PeftTwin | None:

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DoraConfig(LoraConfig):
-    """Same knobs as LoRA (r, alpha, dropout, rslora); the magnitude vector has none of its own."""
+    """Same knobs as LoRA (r, alpha, dropout, rslora, init, lr_ratio); the magnitude vector has none of its own."""
 
 
 def dora_row_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -62,10 +62,13 @@ def dora_row_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tens
 class DoraLinear(LoraLinear):
     """LoraLinear plus a per-row magnitude. Merging is explicit (`merge`/`unmerge`), never tied to .eval()."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False) -> None:
-        super().__init__(base, r, alpha, dropout, rslora)
+    def __init__(
+        self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False, init: str = "kaiming"
+    ) -> None:
+        super().__init__(base, r, alpha, dropout, rslora, init)
         w = base.weight
-        # B = 0 here, so this is ||W|| per row and g = m / n is exactly 1 until B moves.
+        # W + s B A is W here (B = 0, or PiSSA's residual plus its factors), so this is ||W|| per row and
+        # g = m / n is 1 until B or A moves.
         self.magnitude = nn.Parameter(dora_row_norm(w, self.lora_A, self.lora_B, self.scaling).to(w.dtype))
         self._norm_cache: tuple[tuple, torch.Tensor] | None = None
         # g = m / n as applied at merge time; unmerge divides by it (m may have been changed since).
@@ -165,7 +168,8 @@ class DoraAdapter(LoraAdapter):
 
     def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
         c = self.config
-        targets = wrap_targets(model, plan, lambda lin: DoraLinear(lin, c.r, c.alpha, c.dropout, c.rslora))
+        targets = wrap_targets(model, plan, lambda lin: DoraLinear(lin, c.r, c.alpha, c.dropout, c.rslora, c.init))
+        self.head_modules = plan.head_modules
         log.debug("dora: wrapped %d matrices at r=%d", len(targets), c.r)
         return model
 

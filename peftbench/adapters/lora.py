@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from peftbench.adapters.base import (
+    HEAD_MODULES,
     Adapter,
     ApplyPlan,
     BudgetSolution,
@@ -24,6 +26,9 @@ from peftbench.adapters.base import (
     set_submodule,
     solve_integer_rank,
 )
+from peftbench.adapters.loraplus import loraplus_groups
+from peftbench.adapters.peft_format import PeftExport, lora_export
+from peftbench.adapters.pissa import pissa_factors
 from peftbench.errors import UsageError
 
 
@@ -33,6 +38,26 @@ class LoraConfig:
     alpha: float = field(default=16.0, metadata={"help": "scaling numerator: s = alpha / r (or alpha / sqrt(r))"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input"})
     rslora: bool = field(default=False, metadata={"help": "rank-stabilised scaling alpha / sqrt(r)"})
+    init: str = field(
+        default="kaiming",
+        metadata={
+            "help": "kaiming: A kaiming-uniform, B = 0 (LoRA's); pissa: A and B from W's top-r singular triplets, "
+            "the frozen W replaced by the residual W - s B A (PiSSA)"
+        },
+    )
+    lr_ratio: float = field(
+        default=1.0,
+        metadata={"help": "LoRA+: B (and 1-d parameters) learn at lr x lr_ratio, A at lr (the paper suggests 16)"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.init not in LORA_INITS:
+            raise UsageError(f"LoRA init must be one of {', '.join(LORA_INITS)}, got {self.init!r}")
+        if not self.lr_ratio > 0:
+            raise UsageError(f"LoRA lr_ratio must be > 0, got {self.lr_ratio}")
+
+
+LORA_INITS = ("kaiming", "pissa")
 
 
 def lora_scaling(alpha: float, r: int, rslora: bool) -> float:
@@ -260,7 +285,9 @@ class AdditiveDelta(nn.Module):
 class LoraLinear(AdditiveDelta):
     """An nn.Linear plus a low-rank update. Merging is explicit (`merge`/`unmerge`), never tied to .eval()."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False) -> None:
+    def __init__(
+        self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False, init: str = "kaiming"
+    ) -> None:
         super().__init__()
         if r < 1:
             raise UsageError(f"LoRA rank must be >= 1, got r={r}")
@@ -270,8 +297,20 @@ class LoraLinear(AdditiveDelta):
         w = base.weight
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=w.dtype, device=w.device))
-        # Same init as peft's lora_A (an nn.Linear default: kaiming-uniform, a = sqrt(5)).
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.pissa = init == "pissa"
+        if self.pissa:
+            a, b, residual = pissa_factors(w, r, self.scaling)
+            with torch.no_grad():
+                self.lora_A.copy_(a)
+                self.lora_B.copy_(b)
+                w.copy_(residual)
+            # The starting factors, for an export relative to the original W (which is W_res + s B0 A0). Not in
+            # the state: the same W always gives the same factors back.
+            self.register_buffer("init_A", a.to(w.dtype), persistent=False)
+            self.register_buffer("init_B", b.to(w.dtype), persistent=False)
+        else:
+            # Same init as peft's lora_A (an nn.Linear default: kaiming-uniform, a = sqrt(5)).
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
 
@@ -308,7 +347,7 @@ class LoraLinear(AdditiveDelta):
         return out2.view(out.shape)
 
     def extra_repr(self) -> str:
-        return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
+        return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}" + (", pissa" if self.pissa else "")
 
 
 def wrap_targets(model: nn.Module, plan: ApplyPlan, make) -> list[TargetMatrix]:
@@ -337,6 +376,7 @@ class LoraAdapter(Adapter):
     # runs of a few hundred steps.
     tune_grid = {"lr": (5e-4, 1e-3, 2e-3)}
     is_reference = True
+    head_modules: tuple[str, ...] = HEAD_MODULES
     peft_use_dora = False  # DoRA is LoRA's layer with a magnitude: peft's LoraConfig(use_dora=True)
     perf_floor_limit = 1.05
     perf_note = (
@@ -355,13 +395,27 @@ class LoraAdapter(Adapter):
             peft.LoraConfig(
                 r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, use_rslora=config.rslora,
                 use_dora=cls.peft_use_dora, target_modules=target_modules, task_type=task_type,
+                init_lora_weights="pissa" if config.init == "pissa" else True,
             )
         )  # fmt: skip
 
     def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
         c = self.config
-        wrap_targets(model, plan, lambda lin: LoraLinear(lin, c.r, c.alpha, c.dropout, c.rslora))
+        wrap_targets(model, plan, lambda lin: LoraLinear(lin, c.r, c.alpha, c.dropout, c.rslora, c.init))
+        self.head_modules = plan.head_modules
         return model
+
+    def peft_export(self, model: nn.Module) -> PeftExport:
+        c = self.config
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+        return lora_export(model, layers, alpha=c.alpha, dropout=c.dropout, rslora=c.rslora,
+                           use_dora=self.peft_use_dora, head_modules=self.head_modules)  # fmt: skip
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        if self.config.lr_ratio == 1.0:
+            return super().param_groups(model, lr, weight_decay)
+        fast = {id(m.lora_B) for m in model.modules() if isinstance(m, LoraLinear)}
+        return loraplus_groups(model, fast, lr, self.config.lr_ratio, weight_decay)
 
     @classmethod
     def adapter_count(cls, targets: list[TargetMatrix], config: LoraConfig) -> int:

@@ -29,6 +29,13 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+SAVE_ADAPTER_HELP = (
+    "also save the trained adapter and head beside the record: lora, dora and adalora in peft's format "
+    "(<hash>.adapter/, for PeftModel.from_pretrained on the same base model), other methods as "
+    "<hash>.adapter.safetensors (peftbench's own layout)"
+)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="minilm-l6", help="alias (minilm-l6), local model directory or hub id")
     p.add_argument("--data", default="sample", help="sample (bundled, offline), hub, or a directory of JSONL files")
@@ -59,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--save-adapter",
         action="store_true",
-        help="also save the trained adapter and head beside the record (<hash>.adapter.safetensors)",
+        help=SAVE_ADAPTER_HELP,
     )
     _common(p)
 
@@ -79,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-run", type=float, default=1.0)
     p.add_argument("--gpus-per-run", type=float, default=0.0)
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument("--save-adapter", action="store_true", help=SAVE_ADAPTER_HELP + " (runs this sweep trains)")
     p.add_argument("--no-leaderboard", action="store_true")
     _common(p)
 
@@ -246,6 +254,7 @@ def cmd_sweep(args) -> int:
             ray_resources={"num_cpus": args.cpus_per_run, "num_gpus": args.gpus_per_run},
             device=args.device,
             gpu_envs=assign_gpus(args.jobs, args.device) if args.executor == "local" else None,
+            save_adapter=args.save_adapter,
         )
     except KeyboardInterrupt:
         finished = sum(load_record(p.record).ok for p in planned)

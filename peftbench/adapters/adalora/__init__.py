@@ -32,6 +32,7 @@ from peftbench.adapters.base import (
     find_targets,
 )
 from peftbench.adapters.lora import wrap_targets
+from peftbench.adapters.peft_format import PeftExport, adalora_export
 from peftbench.errors import UsageError
 
 __all__ = ["AdaLoraAdapter", "AdaLoraConfig", "AdaLoraLinear", "RankAllocator", "orth_penalty"]
@@ -186,6 +187,20 @@ class AdaLoraAdapter(Adapter):
             # The final pattern is fixed: make sure no optimizer step left a pruned value non-zero.
             self.allocator.reapply_mask()
         return super().merge(model)
+
+    def peft_export(self, model: nn.Module) -> PeftExport:
+        if self.schedule is None or self.budget is None:
+            raise UsageError("AdaLoRA's peft_export was called before apply()")
+        c = self.config
+        # peft's config knows a mean final rank, not a budget: with one, the mean rank retained is what it can say.
+        retained = sum(layer.rank for layer in self.layers.values())
+        target_r = c.target_r if c.target_budget is None else max(1, round(retained / len(self.layers)))
+        s = self.schedule
+        return adalora_export(
+            model, self.layers, alpha=c.alpha, dropout=c.dropout, head_modules=self._head_modules,
+            schedule={"total_steps": s.total_steps, "t_init": s.t_init, "t_final": s.t_final, "delta_t": s.delta_t},
+            target_r=target_r, beta1=c.beta1, beta2=c.beta2, orth_reg_weight=c.orth_reg_weight,
+        )  # fmt: skip
 
     def diagnostics(self) -> dict:
         if self.allocator is None or self.budget is None or self.schedule is None:

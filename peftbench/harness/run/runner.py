@@ -15,6 +15,7 @@ from peftbench.config import RunConfig
 from peftbench.errors import TrainingDiverged, UsageError
 from peftbench.harness.run.data import featurize_cached, train_and_eval_rows
 from peftbench.harness.run.devices import make_accelerator, parse_device
+from peftbench.harness.run.export import save_adapter as save_adapter_files
 from peftbench.harness.run.measure import environment
 from peftbench.harness.run.plan import method_config_of
 from peftbench.harness.run.precision import PrecisionChoice, choose_precision
@@ -23,8 +24,6 @@ from peftbench.records import (
     DataInfo,
     Params,
     RunRecord,
-    adapter_weights_path,
-    atomic_target,
     atomic_write_text,
     predictions_path,
     record_path,
@@ -68,7 +67,8 @@ def execute(
     cfg: RunConfig, results: Path, progress: bool = True, save_adapter: bool = False, device: str = "auto"
 ) -> RunRecord:
     """Train and evaluate one config, write its record atomically and return it. With `save_adapter`, the
-    trained parameters (adapter and head) go beside the record as `<hash>.adapter.safetensors`.
+    trained adapter and head go beside the record: `<hash>.adapter/` in peft's format for the methods peft loads
+    (LoRA, DoRA, AdaLoRA), else `<hash>.adapter.safetensors` (see harness.run.export).
 
     Bad input raises UsageError before anything is written. A failure during training (divergence, a bug in a
     plugin, out of memory) is written as a failed record and returned. The record says ok only once the files
@@ -133,7 +133,7 @@ def execute(
             )
         )
         params = Params(**dataclasses.asdict(adapter.param_report(model)))
-        adapter_file = _save_trainable(model, adapter_weights_path(path), cfg).name if save_adapter else None
+        adapter_file = save_adapter_files(adapter, model, path, cfg).name if save_adapter else None
         _write_predictions(path, result.scored)
         record = record.finish(
             result.metrics, result.eval_history, params, result.perf, result.loss_history, adapter.diagnostics(),
@@ -155,18 +155,6 @@ def execute(
     record = dataclasses.replace(record, env=env)
     write_record(path, record)
     return dataclasses.replace(record, path=path)
-
-
-def _save_trainable(model, target: Path, cfg: RunConfig) -> Path:
-    """The parameters training changed, in safetensors (no pickle: loading it cannot run code), atomically."""
-    from safetensors.torch import save_file
-
-    # Copies: safetensors refuses tensors that share storage, and the file must not alias live weights.
-    state = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    meta = {"config_hash": cfg.config_hash, "task": cfg.task, "method": cfg.method, "format": "peftbench-trainable"}
-    with atomic_target(target) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return target
 
 
 def _write_predictions(record_file: Path, scored) -> None:

@@ -210,8 +210,8 @@ def train(ctx: TrainContext) -> TrainResult:
     device = accelerator.device
     model.to(device)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The adapter decides the groups (LoRA+ gives B its own learning rate); every group decays as it says.
+    optimizer = torch.optim.AdamW(ctx.adapter.param_groups(model, cfg.lr, cfg.weight_decay))
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     if accelerator.mixed_precision == "fp16":
         # Only a prepared optimizer gets the loss scaler's unscale, its skip of overflowed steps and its scale update.
