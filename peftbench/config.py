@@ -60,8 +60,10 @@ class TrainConfig:
     )
 
 
-# TrainConfig fields newer than the first records: left out of the config hash at their default value.
+# Settings newer than the first records, left out of the config hash at their default value, so the records made
+# before they existed keep their identity (a sweep reuses them) and only runs that set them get a new hash.
 _HASHED_ONLY_WHEN_SET: dict[str, Any] = {"dev_rows": 0}
+_METHOD_HASHED_ONLY_WHEN_SET: dict[str, Any] = {"init": "kaiming", "lr_ratio": 1.0}
 
 # Training profiles: named starting points for TrainConfig; --set overrides them field by field.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -116,9 +118,10 @@ class RunConfig:
         d["model"].pop("path", None)
         d["model"].pop("name", None)
         # Settings added after records existed count only when set, so older records keep their identity.
-        for key, default in _HASHED_ONLY_WHEN_SET.items():
-            if d["train"].get(key) == default:
-                d["train"].pop(key, None)
+        for section, added in (("train", _HASHED_ONLY_WHEN_SET), ("method_config", _METHOD_HASHED_ONLY_WHEN_SET)):
+            for key, default in added.items():
+                if key in d[section] and d[section][key] == default:
+                    d[section].pop(key)
         return d
 
     @property

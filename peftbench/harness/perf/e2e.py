@@ -265,6 +265,9 @@ def trainer_run(model_ref: ModelRef, cfg: E2EConfig, device: torch.device, tmp: 
         trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict to stdout
         with _stopwatch() as train:
             out = trainer.train()
+        # transformers 5 also length-groups (and shuffles) the *evaluation* batches under group_by_length, and
+        # `predict` returns the logits in that order, not the dataset's: scored as is, the peer looked untrained.
+        trainer.args.train_sampling_strategy = "random"
         logits = trainer.predict(val_ds).predictions
         logits = logits[0] if isinstance(logits, tuple) else logits
         acc = float((np.asarray(logits).argmax(-1) == np.array([r["label"] for r in val_rows])).mean())
