@@ -17,8 +17,6 @@ from peftbench import registry
 from peftbench.harness import cli
 from peftbench.harness.regress.gate import (
     BASELINE_PATH,
-    FLOOR,
-    K_SIGMA,
     RowResult,
     Suite,
     allowed_drop,
@@ -26,24 +24,63 @@ from peftbench.harness.regress.gate import (
     judge,
     load_baseline,
 )
+from peftbench.harness.regress.rule import CAP, FLOOR, K_SIGMA, LEARNED_ALPHA, allowance, paired_se
 
 # Trains real runs in child processes (or loads the embedded MiniLM): the full suite, not make test-fast.
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-LR = 3e-3  # the tiny BERT learns the keyword task at this rate (LoRA in ~100 steps); at LR/100 it stays at the prior
-TINY_SETS = ("epochs=4", "batch_size=16", "max_length=32", "train_rows=0", "eval_rows=0", f"lr={LR}")
+# Per method, a rate at which the tiny BERT learns the keyword task (full fine-tuning in ~100 steps, LoRA and DoRA
+# partly); AdaLoRA starts slower (its singular values start at zero) and gets twice the epochs. A quarter of each
+# rate leaves every method at the prior: the bite tests below.
+TINY_LR = {"adalora": 2e-2, "dora": 3e-3, "full": 1e-3, "lora": 3e-3}
+TINY_SETS = ("epochs=4", "batch_size=16", "max_length=32", "train_rows=0", "eval_rows=0", "adalora.epochs=8") + tuple(
+    f"{m}.lr={lr}" for m, lr in TINY_LR.items()
+)
+SUITE_METHODS = tuple(sorted(TINY_LR))
+
+
+def _scaled_lr_sets(factor: float) -> list[str]:
+    out = []
+    for m, lr in TINY_LR.items():
+        out += ["--set", f"{m}.lr={lr * factor}"]
+    return out
 
 
 # --- the rule and the verdicts (no training) -------------------------------------------------------------------
 
 
-def test_allowed_drop_is_k_standard_errors_of_the_difference_with_a_floor():
-    base = [0.70, 0.80, 0.75]
-    s = math.sqrt(((0.70 - 0.75) ** 2 + (0.80 - 0.75) ** 2 + 0) / 2)  # sample std = 0.05
-    assert allowed_drop(base, 2) == pytest.approx(K_SIGMA * s * math.sqrt(1 / 3 + 1 / 2))
-    assert allowed_drop([0.80, 0.80], 2) == FLOOR  # a spread of zero from two seeds: the floor holds
-    assert allowed_drop([0.80], 2) == FLOOR  # one seed: spread unknown
+def test_allowed_drop_is_the_tighter_estimate_between_a_floor_and_a_cap():
+    base = [0.70, 0.72, 0.71]  # sample std 0.01
+    seed_se = 0.01 * math.sqrt(1 / 3 + 1 / 3)
+    rule = allowance(base, 3)
+    assert rule.value == pytest.approx(K_SIGMA * seed_se) and rule.bound == "seed"
+    # A tighter paired estimate wins, but never below the floor.
+    assert allowance(base, 3, paired_se=0.004).value == pytest.approx(K_SIGMA * 0.004)
+    assert allowance(base, 3, paired_se=0.001) == allowance(base, 3, paired_se=0.001).__class__(
+        FLOOR, pytest.approx(seed_se), 0.001, "floor"
+    )
+    # However noisy the seeds, a 3-point drop never passes.
+    assert allowance([0.60, 0.75, 0.68], 3).value == CAP
+    assert allowance([0.60, 0.75, 0.68], 3).bound == "cap"
+    # One seed and no predictions: nothing to estimate the noise from, so the cap.
+    assert allowed_drop([0.80], 2) == CAP
+    assert allowed_drop([0.80], 2, paired=0.005) == pytest.approx(0.015)
+    assert CAP <= 0.03
+
+
+def test_paired_term_comes_from_the_stored_predictions():
+    task = registry.tasks.get("sst2")
+    rng = random.Random(0)
+    refs = [rng.randrange(2) for _ in range(800)]
+    base = {s: [r if rng.random() < 0.8 else 1 - r for r in refs] for s in range(3)}
+    same = paired_se(task, base, base, refs)
+    assert same == 0.0
+    now = {s: [p if rng.random() < 0.95 else 1 - p for p in base[s]] for s in range(3)}
+    se = paired_se(task, base, now, refs)
+    # About sqrt(discordant rate / n) / sqrt(seeds): 5% of 800 examples flipped per seed.
+    assert 0.002 < se < 0.01
+    assert paired_se(task, base, {7: now[0]}, refs) is None  # no shared seed
 
 
 def _row(values: dict[int, float], higher: bool = True, failed: list[str] | None = None) -> RowResult:
@@ -56,12 +93,12 @@ def _base(values: dict[int, float]) -> dict:
 
 def test_verdicts_follow_the_rule_and_the_metric_direction():
     base = _base({0: 0.80, 1: 0.82})
-    allowed = allowed_drop([0.80, 0.82], 2)  # 3 * 0.01414 = 0.0424
+    allowed = allowed_drop([0.80, 0.82], 2)  # 3 * 0.01414 = 0.0424, capped at 0.03
     same = judge(_row({0: 0.80, 1: 0.82}), base)
     assert same.verdict == "pass, identical" and same.delta == 0.0 and same.allowed == pytest.approx(allowed)
     assert judge(_row({0: 0.79, 1: 0.80}), base).verdict == "pass"  # -0.015, within the allowed drop
-    low = judge(_row({0: 0.75, 1: 0.76}), base)  # -0.055
-    assert low.verdict == "REGRESSION" and low.delta == pytest.approx(-0.055)
+    low = judge(_row({0: 0.77, 1: 0.78}), base)  # -0.035: more than the cap
+    assert low.verdict == "REGRESSION" and low.delta == pytest.approx(-0.035)
     assert judge(_row({0: 0.87, 1: 0.88}), base).verdict == "improved"
     # Lower-is-better metric: the same rise is now the regression.
     assert judge(_row({0: 0.87, 1: 0.88}, higher=False), base).verdict == "REGRESSION"
@@ -89,7 +126,7 @@ def test_builtin_methods_are_the_registered_ones_inside_peftbench():
 def test_default_suite_is_the_issue_suite():
     s = Suite()
     assert s.model == "minilm-l6" and s.data == "sample" and s.profile == "regress" and not s.sets
-    assert len(s.seeds) >= 2
+    assert len(s.seeds) >= 3
     inputs = {len(registry.tasks.get(t).text_fields) for t in s.tasks}
     assert inputs == {1, 2}  # one single-sentence and one sentence-pair task
     assert set(s.method_names()) == set(builtin_methods())
@@ -113,6 +150,11 @@ def test_committed_baseline_describes_the_default_suite():
         assert sorted(int(k) for k in r["values"]) == list(s.seeds)
         assert r["metric"] == registry.tasks.get(r["task"]).primary_metric
         assert all(0.0 <= v <= 1.0 for v in r["values"].values())
+        # Teeth: every row learned, and nothing lets a 3-point drop through.
+        assert r["learned_p"] is not None and r["learned_p"] <= LEARNED_ALPHA, r
+        assert sorted(int(k) for k in r["predictions"]) == list(s.seeds)
+        assert allowance(list(r["values"].values()), len(s.seeds)).value <= CAP
+    assert data["rule"]["cap"] == CAP
 
 
 def test_importing_the_subcommand_module_stays_light():
@@ -150,7 +192,7 @@ def _keyword_data(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir, tmp_path_factory):
-    """A tiny suite (keyword SST-2, full + LoRA, seeds 0 and 1) and its baseline, made with the update path."""
+    """A tiny suite (keyword SST-2, the four methods, seeds 0-2) and its baseline, made with the update path."""
     import torch
 
     root = tmp_path_factory.mktemp("regress")
@@ -163,7 +205,7 @@ def tiny(tiny_model_dir, tmp_path_factory):
             data = _keyword_data(root / "data")
             suite_args = ["--model", str(tiny_model_dir), "--data", str(data), "--tasks", "sst2"]
             # In-process runs keep the tests fast; the bit-identity test below reruns through run processes.
-            suite_args += ["--methods", "full,lora", "--seeds", "0,1", "--quiet", "--executor", "inline"]
+            suite_args += ["--methods", ",".join(SUITE_METHODS), "--seeds", "0,1,2", "--quiet", "--executor", "inline"]
             for s in TINY_SETS:
                 suite_args += ["--set", s]
             env = {"args": suite_args, "results": root / "results", "baseline": root / "baseline.json"}
@@ -190,44 +232,61 @@ def _table_rows(out: str) -> dict[tuple[str, str], list[str]]:
 def test_update_writes_baseline_with_reason_command_and_versions(tiny):
     data = json.loads(tiny["baseline"].read_text())
     assert data["reason"] == "tiny baseline" and data["history"][-1]["reason"] == "tiny baseline"
-    assert "--update" in data["command"] and f"lr={LR}" in data["command"]
+    assert "--update" in data["command"] and f"lora.lr={TINY_LR['lora']}" in data["command"]
     assert data["versions"]["torch"] and data["created"]
     rows = {(r["task"], r["method"]): r for r in data["rows"]}
-    assert set(rows) == {("sst2", "full"), ("sst2", "lora")}
-    # The baseline config learns the task: far above the 0.41 of predicting the majority class.
+    assert set(rows) == {("sst2", m) for m in SUITE_METHODS}
+    # The baseline config learns the task: far above the 0.41 of predicting the majority class, and the update
+    # checked it (a row at chance would have been refused).
     assert min(rows["sst2", "full"]["values"].values()) > 0.9
     assert min(rows["sst2", "lora"]["values"].values()) > 0.6
+    for r in rows.values():
+        assert r["learned_p"] <= LEARNED_ALPHA and len(r["predictions"]) == 3
 
 
 def test_rerun_reuses_records_then_fresh_rerun_is_bit_identical(tiny, capsys):
     capsys.readouterr()
     assert _gate(tiny) == 0
     out = capsys.readouterr().out
-    assert "0 trained, 4 reused" in out
+    assert "0 trained, 12 reused" in out
     # The baseline's runs were in this process; these run in two processes at once (the CLI's default), each
     # pinned to one thread as the gate does, and must still match to the last bit.
     assert _gate(tiny, "--fresh", "--executor", "local", "--jobs", "2") == 0
     out = capsys.readouterr().out
-    assert "4 trained, 0 reused" in out and "no regression" in out
+    assert "12 trained, 0 reused" in out and "no regression" in out
     rows = _table_rows(out)
-    assert set(rows) == {("sst2", "full"), ("sst2", "lora")}
+    assert set(rows) == {("sst2", m) for m in SUITE_METHODS}
     for cells in rows.values():
         assert cells[5] == "0" and cells[7] == "pass, identical", cells  # delta exactly 0 after retraining
 
 
-def test_gate_fails_on_learning_rate_divided_by_100(tiny, capsys):
-    capsys.readouterr()
-    code = _gate(tiny, "--set", f"lr={LR / 100}")
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def bitten(tiny):
+    """The suite rerun with every method degraded as a small, real bug would: its learning rate divided by 4."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = _gate(tiny, *_scaled_lr_sets(0.25))
+    return code, out.getvalue()
+
+
+@pytest.mark.parametrize("method", SUITE_METHODS)
+def test_bite_a_quarter_learning_rate_is_caught_per_method(bitten, method):
+    code, out = bitten
     assert code == 1, out
-    rows = _table_rows(out)
-    for method in ("full", "lora"):
-        cells = rows["sst2", method]
-        assert cells[7].startswith("REGRESSION"), cells
-        assert float(cells[5]) < -float(cells[6])  # the drop exceeds the allowed drop printed beside it
-    assert "REGRESSION in sst2/full, sst2/lora" in out
+    cells = _table_rows(out)["sst2", method]
+    assert cells[7].startswith("REGRESSION"), cells
+    drop, allowed = -float(cells[5]), float(cells[6].split()[0])
+    assert allowed <= CAP and drop > allowed  # the drop exceeds the allowed drop printed beside it
+
+
+def test_bite_report_names_the_rows_and_the_rule(bitten):
+    _, out = bitten
+    assert "REGRESSION in " + ", ".join(f"sst2/{m}" for m in SUITE_METHODS) in out
     assert "suite differs from the baseline's: sets" in out
-    assert "allowed drop = max(" in out  # the rule is printed under the table
+    assert "allowed drop = min(" in out  # the rule is printed under the table
 
 
 def test_method_without_baseline_row_is_new_not_a_failure(tiny, tmp_path, capsys):

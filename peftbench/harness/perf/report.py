@@ -239,7 +239,8 @@ def _steps_table(shape: str, s: dict, args, device) -> list[str]:
     )
     md += [
         "",
-        "| method | step ms (wall) | step ms (CPU) | x floor | x peft same | x full | tokens/s | peak tensor MiB | MFU |",
+        "| method | step ms (wall) | step ms (CPU) | x floor | x peft same | x full | tokens/s | peak tensor MiB "
+        "| MFU |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in s["rows"]:

@@ -1,27 +1,21 @@
 """`peftbench regress`: the CI accuracy gate. A fixed suite runs through the sweep machinery and each
 (task, method) row is compared with the committed baseline `results/baselines/regress.json`.
 
-The suite: the embedded MiniLM (`minilm-l6`) on the bundled sample data, SST-2 (single sentence) and QNLI
-(sentence pair; MRPC and RTE stay at the majority class in any run short enough for CI), every built-in method
-(entry points whose module is under `peftbench.`, so a new built-in joins by being registered), seeds 0 and 1,
-the short "regress" training profile, each run on one thread (`one_thread`), one run per core. Records are
-reused when their config hash matches, so a second `make regress` trains nothing; `--fresh` reruns every run
-(the hash covers the config, not the code, so use it locally after a code change; CI starts from a clean clone).
+The suite: the embedded MiniLM (`minilm-l6`) on the bundled sample data, SST-2 (single sentence) and QQP
+(sentence pair, accuracy/F1; MRPC and RTE stay at the majority class, QNLI at chance and STS-B near zero
+correlation in any run short enough for CI), the methods of the baseline (`make regress-update` with no
+--methods: every built-in method, entry points whose module is under `peftbench.`), seeds 0, 1 and 2, the short
+"regress" training profile with its recipe (`peftbench/recipes/regress.json`: rows per task, learning rates
+chosen on a dev split), each run on one thread (`one_thread`), one run per core. Records are reused when their
+config hash matches, so a second `make regress` trains nothing; `--fresh` reruns every run (the hash covers the
+config, not the code, so use it locally after a code change; CI starts from a clean clone).
 
 Determinism: on CPU the same config and seed give bit-identical metrics, so a pure refactor shows a delta of
 exactly 0 on every row ("pass, identical").
 
-Allowed drop. A benign change that does alter the numbers (a library upgrade, another summation order, a new
-default) moves a row about as much as drawing new seeds would, so the tolerance comes from the baseline's own
-seed spread. With s the baseline's sample standard deviation over its n_b seeds and n_now seeds run now, the
-standard error of the difference of the two means is s * sqrt(1/n_b + 1/n_now); a row regresses when its mean
-falls by more than
-
-    allowed = max(K_SIGMA * s * sqrt(1/n_b + 1/n_now), FLOOR)      K_SIGMA = 3, FLOOR = 0.02
-
-in the task's primary metric (accuracy on both suite tasks, so 0.02 = two points). Three standard errors keep
-false alarms rare; the floor is there because a spread estimated from two seeds can be near zero by chance.
-"Falls" follows the metric's direction. One baseline seed: the spread is unknown and the floor applies.
+Allowed drop: see `rule.py` (the tighter of a seed-spread and a paired per-example estimate, at most three
+points). An update refuses a suite row that did not learn (not better than the task's trivial baseline at
+alpha = 0.01): a row at chance or the majority class cannot show a regression.
 
 Exit codes: 0 every row passes (or is "new": no baseline row, e.g. a new method), 1 at least one regression,
 2 the suite could not run (a failed run, a missing or unreadable baseline, bad input). A failed run wins over
@@ -46,26 +40,32 @@ from typing import Any
 from peftbench import registry
 from peftbench.errors import UsageError
 from peftbench.harness.args import add_set_option, int_list, names
+from peftbench.harness.regress.rule import (
+    CAP,
+    FLOOR,
+    K_SIGMA,
+    LEARNED_ALPHA,
+    RULE_TEXT,
+    allowance,
+    learned_p,
+    paired_se,
+    references_digest,
+)
+from peftbench.harness.regress.rule import std as _std
 from peftbench.records import atomic_write_text, load_record
 
 log = logging.getLogger(__name__)
 
-K_SIGMA = 3.0
-FLOOR = 0.02
 BASELINE_SCHEMA = 1
 BASELINE_PATH = Path("results") / "baselines" / "regress.json"
-RULE_TEXT = (
-    f"allowed drop = max({K_SIGMA:g} x baseline seed std x sqrt(1/n_base + 1/n_now), {FLOOR:g}) in the primary "
-    f"metric; a row regresses when its mean falls by more than that"
-)
 
 
 @dataclass(frozen=True)
 class Suite:
     model: str = field(default="minilm-l6", metadata={"help": "model alias, directory or hub id"})
-    tasks: tuple[str, ...] = field(default=("sst2", "qnli"), metadata={"help": "GLUE tasks of the suite"})
+    tasks: tuple[str, ...] = field(default=("sst2", "qqp"), metadata={"help": "GLUE tasks of the suite"})
     methods: tuple[str, ...] = field(default=(), metadata={"help": "methods (empty: every built-in method)"})
-    seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "seeds per (task, method)"})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds per (task, method)"})
     profile: str = field(default="regress", metadata={"help": "training profile of config.PROFILES"})
     sets: tuple[str, ...] = field(default=(), metadata={"help": "`--set key=value` overrides for every run"})
     data: str = field(default="sample", metadata={"help": "data source (the bundled samples by default)"})
@@ -81,22 +81,12 @@ def builtin_methods(points: Iterable[metadata.EntryPoint] | None = None) -> tupl
     return tuple(sorted({ep.name for ep in points if ep.module.split(".")[0] == "peftbench"}))
 
 
-def allowed_drop(baseline_values: list[float], n_now: int) -> float:
-    n_b = len(baseline_values)
-    if n_b < 2 or n_now < 1:
-        return FLOOR
-    return max(K_SIGMA * _std(baseline_values) * math.sqrt(1 / n_b + 1 / n_now), FLOOR)
+def allowed_drop(baseline_values: list[float], n_now: int, paired: float | None = None) -> float:
+    return allowance(baseline_values, n_now, paired).value
 
 
 def _mean(values: list[float]) -> float:
     return math.fsum(values) / len(values)
-
-
-def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return math.nan
-    m = _mean(values)
-    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 # --- running the suite ---------------------------------------------------------------------------------------
@@ -111,6 +101,11 @@ class RowResult:
     values: dict[int, float] = field(default_factory=dict)  # seed -> primary metric
     hashes: dict[int, str] = field(default_factory=dict)  # seed -> config hash
     failed: list[str] = field(default_factory=list)
+    # Per seed, the predictions on the primary evaluation split (the paired term of the rule), and their references.
+    predictions: dict[int, list] = field(default_factory=dict)
+    references: list | None = None
+    data: str = "sample"
+    train_rows: int = 0
 
 
 @dataclass
@@ -193,7 +188,23 @@ def run_suite(
             continue
         row.values[c.seed] = float(loaded.record.metrics.primary)
         row.hashes[c.seed] = c.config_hash
+        row.data, row.train_rows = c.data, c.train.train_rows
+        _read_predictions(row, spec, p.record, c.seed)
     return SuiteRun(rows, outcome.ran, outcome.skipped + outcome.elsewhere)
+
+
+def _read_predictions(row: RowResult, task, record: Path, seed: int) -> None:
+    from peftbench.harness.report.compare import load_predictions, primary_split
+
+    try:
+        preds, refs = load_predictions(record, primary_split(task))
+    except UsageError as e:
+        log.warning("%s/%s seed %d: %s; the paired term is left out", row.task, row.method, seed, e)
+        return
+    if row.references is None:
+        row.references = refs
+    if refs == row.references:
+        row.predictions[seed] = preds
 
 
 # --- judging -------------------------------------------------------------------------------------------------
@@ -210,9 +221,10 @@ class Verdict:
     allowed: float | None
     verdict: str  # pass | pass, identical | improved | REGRESSION | new | FAILED
     config_changed: bool = False
+    bound: str = ""  # which term of the rule set the allowed drop
 
 
-def judge(row: RowResult, base_row: dict[str, Any] | None) -> Verdict:
+def judge(row: RowResult, base_row: dict[str, Any] | None, task=None) -> Verdict:
     now = [row.values[s] for s in sorted(row.values)]
     if row.failed or not now:
         base_vals = list(base_row["values"].values()) if base_row else None
@@ -222,7 +234,14 @@ def judge(row: RowResult, base_row: dict[str, Any] | None) -> Verdict:
     base_values = {int(s): float(v) for s, v in base_row["values"].items()}
     base = [base_values[s] for s in sorted(base_values)]
     delta = _mean(now) - _mean(base)
-    allowed = allowed_drop(base, len(now))
+    paired = None
+    stored = base_row.get("predictions") or {}
+    same_rows = row.references is not None and base_row.get("references_digest") == references_digest(row.references)
+    if task is not None and stored and same_rows:
+        base_preds = {int(k): json.loads(v) if isinstance(v, str) else v for k, v in stored.items()}
+        paired = paired_se(task, base_preds, row.predictions, row.references)
+    rule = allowance(base, len(now), paired)
+    allowed = rule.value
     drop = -delta if row.higher_is_better else delta
     hashes = base_row.get("config_hashes", {})
     changed = any(hashes.get(str(s)) not in (None, h) for s, h in row.hashes.items())
@@ -234,7 +253,7 @@ def judge(row: RowResult, base_row: dict[str, Any] | None) -> Verdict:
         verdict = "improved"
     else:
         verdict = "pass"
-    return Verdict(row.task, row.method, row.metric, base, now, delta, allowed, verdict, changed)
+    return Verdict(row.task, row.method, row.metric, base, now, delta, allowed, verdict, changed, rule.bound)
 
 
 def _mean_std(values: list[float] | None) -> str:
@@ -264,7 +283,7 @@ def render(verdicts: list[Verdict]) -> str:
             "baseline mean ± std": _mean_std(v.base),
             "now mean ± std": _mean_std(v.now),
             "delta": _delta(v.delta),
-            "allowed drop": "-" if v.allowed is None else f"{v.allowed:.4f}",
+            "allowed drop": "-" if v.allowed is None else f"{v.allowed:.4f} ({v.bound})",
             "verdict": v.verdict + (" (config changed)" if v.config_changed else ""),
         }
         for v in verdicts
@@ -297,12 +316,15 @@ def baseline_rows(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]
     return {(r["task"], r["method"]): r for r in data["rows"]}
 
 
-def make_baseline(suite: Suite, run: SuiteRun, reason: str, command: str, previous: dict | None) -> dict[str, Any]:
+def make_baseline(
+    suite: Suite, run: SuiteRun, reason: str, command: str, previous: dict | None, learned: dict | None = None
+) -> dict[str, Any]:
     import torch
 
     from peftbench.harness.run.measure import environment
 
     rows = []
+    learned = learned or {}
     for (task, method), r in sorted(run.rows.items()):
         vals = [r.values[s] for s in sorted(r.values)]
         rows.append(
@@ -315,6 +337,14 @@ def make_baseline(suite: Suite, run: SuiteRun, reason: str, command: str, previo
                 "mean": _mean(vals),
                 "std": None if len(vals) < 2 else _std(vals),
                 "config_hashes": {str(s): r.hashes[s] for s in sorted(r.hashes)},
+                "learned_p": learned.get((task, method), (None, ""))[0],
+                "trivial_baseline": learned.get((task, method), (None, ""))[1],
+                "references_digest": None if r.references is None else references_digest(r.references),
+                # Every seed's per-example predictions: the paired term of the rule compares with these.
+                # (Each seed's list as one compact JSON string, so the file stays readable line by line.)
+                "predictions": {
+                    str(s): json.dumps(r.predictions[s], separators=(",", ":")) for s in sorted(r.predictions)
+                },
             }
         )
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -328,7 +358,7 @@ def make_baseline(suite: Suite, run: SuiteRun, reason: str, command: str, previo
         "reason": reason,
         "command": command,
         "suite": {**asdict(suite), "methods": list(suite.method_names())},
-        "rule": {"k_sigma": K_SIGMA, "floor": FLOOR, "text": RULE_TEXT},
+        "rule": {"k_sigma": K_SIGMA, "floor": FLOOR, "cap": CAP, "text": RULE_TEXT},
         "versions": env.pop("versions"),
         "environment": env,
         "rows": rows,
@@ -385,7 +415,7 @@ def regress(
             previous = None
     run = run_suite(suite, results, fresh=fresh, executor=executor, progress=progress, jobs=jobs)
     base = baseline_rows(previous) if previous else {}
-    verdicts = [judge(run.rows[key], base.get(key)) for key in sorted(run.rows)]
+    verdicts = [judge(run.rows[key], base.get(key), registry.tasks.get(key[0])) for key in sorted(run.rows)]
     lines = [render(verdicts), "", RULE_TEXT + "."]
     lines.append(f"runs: {run.ran} trained, {run.reused} reused from {results}/runs (same config hash; --fresh reruns)")
     if previous:
@@ -411,8 +441,15 @@ def regress(
     if failed:
         code = 2
         lines.append(f"suite incomplete: {len(failed)} row(s) failed to run")
+    elif update and (unlearned := _unlearned(run, learned := _learned(run))):
+        code = 2
+        lines.append(
+            "baseline NOT written: " + "; ".join(unlearned) + ". A row that does not beat its trivial baseline "
+            "cannot show a regression: train it longer or tune it (peftbench tune --profile regress), or drop it"
+        )
     elif update:
-        data = make_baseline(suite, run, reason.strip(), command or _command(suite, reason.strip(), fresh), previous)
+        cmd = command or _command(suite, reason.strip(), fresh)
+        data = make_baseline(suite, run, reason.strip(), cmd, previous, learned)
         atomic_write_text(baseline, json.dumps(data, indent=1) + "\n")
         lines.append(f"baseline written: {baseline} ({len(data['rows'])} rows, reason: {reason.strip()})")
         code = 0
@@ -423,6 +460,25 @@ def regress(
         code = 0
         lines.append("no regression")
     return RegressReport(code, verdicts, "\n".join(lines))
+
+
+def _learned(run: SuiteRun) -> dict[tuple[str, str], tuple[float | None, str]]:
+    out = {}
+    for key, r in run.rows.items():
+        if r.references is None or not r.predictions:
+            out[key] = (None, "")
+            continue
+        task = registry.tasks.get(r.task)
+        out[key] = learned_p(task, r.method, r.values, r.predictions, r.references, r.data, r.train_rows)
+    return out
+
+
+def _unlearned(run: SuiteRun, learned: dict[tuple[str, str], tuple[float | None, str]]) -> list[str]:
+    return [
+        f"{t}/{m} did not learn (p = {p:.3g} against the {name}, α = {LEARNED_ALPHA:g})"
+        for (t, m), (p, name) in sorted(learned.items())
+        if p is not None and p > LEARNED_ALPHA
+    ]
 
 
 def _command(suite: Suite, reason: str, fresh: bool) -> str:
@@ -452,7 +508,7 @@ def add_subcommand(sub) -> None:
     p.add_argument("--reason", default=None, help="why the baseline changes; recorded in it")
     p.add_argument("--fresh", action="store_true", help="rerun every run even when its record exists")
     p.add_argument("--model", default=d.model, help="suite model (alias, directory or hub id)")
-    p.add_argument("--tasks", type=names, default=d.tasks, help="suite tasks, e.g. sst2,qnli")
+    p.add_argument("--tasks", type=names, default=d.tasks, help="suite tasks, e.g. sst2,qqp")
     p.add_argument("--methods", type=names, default=d.methods, help="suite methods (default: every built-in)")
     p.add_argument("--seeds", type=int_list, default=d.seeds, help="suite seeds, e.g. 0,1")
     p.add_argument("--profile", default=d.profile, help="training profile")
