@@ -135,7 +135,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from peftbench.harness.run.data import check_local_data
+    from peftbench.harness.run.data import check_data
     from peftbench.harness.run.devices import parse_device, refuse_multiprocess
     from peftbench.harness.run.plan import RunRequest, load_resolved, resolve
     from peftbench.harness.run.runner import execute
@@ -165,7 +165,7 @@ def cmd_run(args) -> int:
     # A sweep's child (--resolved) inherits the sweep's lock on this config; a run started by hand takes its own.
     lock = None
     if not args.resolved:
-        check_local_data(cfg.task, cfg.data)  # bad rows fail here, before the lock file is created
+        check_data(cfg.task, cfg.data)  # bad rows, or hub data out of reach, fail here: before the lock file
         path = record_path(args.results, cfg.task, cfg.method, cfg.config_hash)
         lock = try_lock(path)
         if lock is None:

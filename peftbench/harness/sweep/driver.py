@@ -20,7 +20,7 @@ from typing import Any
 from peftbench import registry
 from peftbench.config import RunConfig, parse_budget
 from peftbench.errors import UsageError
-from peftbench.harness.run.data import check_local_data
+from peftbench.harness.run.data import check_data
 from peftbench.harness.run.plan import RunRequest, resolve
 from peftbench.harness.sweep.executors import EnvSlots, Executor, InlineExecutor, LocalExecutor
 from peftbench.records import load_record, lock_holder, record_path, release_lock, set_aside, try_lock
@@ -77,7 +77,7 @@ def plan(requests: list[RunRequest], results: Path) -> list[PlannedRun]:
     for req in requests:
         cfg = resolve(req)
         if (cfg.task, cfg.data) not in checked:
-            check_local_data(cfg.task, cfg.data)
+            check_data(cfg.task, cfg.data)
             checked.add((cfg.task, cfg.data))
         if cfg.config_hash in seen:
             continue
