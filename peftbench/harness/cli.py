@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from peftbench.errors import UsageError
+from peftbench.errors import RunFailed, UsageError
 from peftbench.harness.args import add_set_option, int_list, names
 
 log = logging.getLogger("peftbench")
@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(e, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -135,21 +138,21 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from peftbench.harness.run.data import check_data
-    from peftbench.harness.run.devices import parse_device, refuse_multiprocess
-    from peftbench.harness.run.plan import RunRequest, load_resolved, resolve
-    from peftbench.harness.run.runner import execute
-    from peftbench.records import lock_holder, record_path, release_lock, try_lock
+    from peftbench.harness import api
+    from peftbench.harness.run.plan import RunRequest
 
-    refuse_multiprocess()
-    parse_device(args.device)  # a GPU asked for on a machine without one fails here, before anything is written
     if args.resolved:
+        # A sweep's child: the config was checked when the sweep planned it, and the sweep holds its lock.
+        from peftbench.harness.run.devices import parse_device, refuse_multiprocess
+        from peftbench.harness.run.plan import load_resolved
+
+        refuse_multiprocess()
+        parse_device(args.device)
         cfg = load_resolved(args.resolved)
     else:
         if not args.task or not args.method:
             raise UsageError("run needs --task and --method (see `peftbench list`)")
-        _check_scoped_sets(args.sets, (args.method,))
-        cfg = resolve(
+        cfg = api.prepare_run(
             RunRequest(
                 task=args.task,
                 method=args.method,
@@ -162,31 +165,14 @@ def cmd_run(args) -> int:
                 device=args.device,
             )
         )
-    # A sweep's child (--resolved) inherits the sweep's lock on this config; a run started by hand takes its own.
-    lock = None
-    if not args.resolved:
-        check_data(cfg.task, cfg.data)  # bad rows, or hub data out of reach, fail here: before the lock file
-        path = record_path(args.results, cfg.task, cfg.method, cfg.config_hash)
-        lock = try_lock(path)
-        if lock is None:
-            raise UsageError(
-                f"another peftbench process (pid {lock_holder(path)}) is running this config into {args.results}; "
-                f"wait for it to finish"
-            )
-    try:
-        rec = execute(
-            cfg,
-            args.results,
-            progress=not args.quiet and sys.stderr.isatty(),
-            save_adapter=args.save_adapter,
-            device=args.device,
-        )
-    finally:
-        if lock is not None:
-            release_lock(lock)
-    if not rec.ok:
-        print(f"run failed: {rec.error} (record: {rec.path})", file=sys.stderr)
-        return 1
+    rec = api.execute_run(
+        cfg,
+        args.results,
+        locked_by_caller=bool(args.resolved),
+        progress=not args.quiet and sys.stderr.isatty(),
+        save_adapter=args.save_adapter,
+        device=args.device,
+    )
     m, p = rec.metrics, rec.params
     print(
         f"{cfg.task}/{cfg.method} seed {cfg.seed}: {m.primary_name} = {m.primary:.4f}; "
@@ -198,53 +184,39 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from peftbench.harness.run.devices import assign_gpus, parse_device, refuse_multiprocess
-    from peftbench.harness.sweep.driver import expand, plan, run_sweep
+    from peftbench.harness import api
     from peftbench.records import load_record
 
-    if args.jobs < 1:
-        raise UsageError(f"--jobs must be 1 or more, got {args.jobs}")
-    refuse_multiprocess()
-    parse_device(args.device)
-    for flag, values in (("--tasks", args.tasks), ("--methods", args.methods), ("--seeds", args.seeds)):
-        if not values:
-            raise UsageError(f"{flag} is empty; give a comma-separated list (see `peftbench list`)")
-    _check_scoped_sets(args.sets, args.methods)
-    requests = expand(
+    planned = api.prepare_sweep(
         args.tasks,
         args.methods,
         args.budgets,
         args.seeds,
+        results=args.results,
+        jobs=args.jobs,
         model=args.model,
         data=args.data,
         sets=tuple(args.sets),
         profile=args.profile,
         device=args.device,
     )
-    planned = plan(requests, args.results)
     if args.dry_run:
         print(_plan_table(planned))
         return 0
-    from peftbench.harness.run.plan import budget_mismatches
-
-    for line in budget_mismatches([p.config for p in planned]):
-        log.warning("budget not matched within 5%%: %s", line)
-    todo = sum(not p.done for p in planned)
-    log.info("sweep: %d configs, %d to run, %d already done", len(planned), todo, len(planned) - todo)
     # `kill <pid>` (a scheduler's stop) ends the sweep like Ctrl-C: its runs are stopped, not orphaned.
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
     try:
-        outcome = run_sweep(
+        outcome = api.run_planned(
             planned,
             args.results,
             jobs=args.jobs,
             executor=args.executor,
             progress=not args.quiet and sys.stderr.isatty(),
-            ray_address=args.address,
-            ray_resources={"num_cpus": args.cpus_per_run, "num_gpus": args.gpus_per_run},
             device=args.device,
-            gpu_envs=assign_gpus(args.jobs, args.device) if args.executor == "local" else None,
+            address=args.address,
+            cpus_per_run=args.cpus_per_run,
+            gpus_per_run=args.gpus_per_run,
         )
     except KeyboardInterrupt:
         finished = sum(load_record(p.record).ok for p in planned)
@@ -265,19 +237,6 @@ def cmd_sweep(args) -> int:
             print(f"  {f}", file=sys.stderr)
         return 1
     return 0
-
-
-def _check_scoped_sets(sets: list[str], methods) -> None:
-    """A `--set METHOD.key=value` for a method this command does not run would change nothing: say so."""
-    from peftbench.config import check_method_scope, scoped_method
-
-    for item in sets:
-        scope = scoped_method(item)
-        if scope is not None and scope not in methods:
-            check_method_scope(scope, item)  # a typo gets the list of method names
-            raise UsageError(
-                f"--set {item} is for method {scope!r}, which this command does not run ({', '.join(methods)})"
-            )
 
 
 def _plan_table(planned) -> str:
