@@ -368,6 +368,11 @@ def adapter_weights_path(record_file: Path) -> Path:
     return Path(record_file).with_suffix(".adapter.safetensors")
 
 
+def tracker_dir(record_file: Path, tracker: str) -> Path:
+    """A tracker's event files (`--log-to tensorboard`) live beside the record, in `<hash>.<tracker>/`."""
+    return Path(record_file).with_suffix(f".{tracker}")
+
+
 def set_aside(path: Path) -> Path:
     """Rename an unusable record out of the way (`<name>.unusable[.N]`) so rerunning its config loses nothing."""
     path = Path(path)

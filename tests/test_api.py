@@ -57,6 +57,7 @@ SWEEP = dict(tasks="sst2", methods="lora")
         (dict(task="sst2", method="full", budget=10**6), "run --task sst2 --method full --budget 1000000"),
         (dict(RUN, profile="quik"), "run --task sst2 --method lora --profile quik"),
         (dict(RUN, adalora__t_init=0), "run --task sst2 --method lora --set adalora.t_init=0"),
+        (dict(RUN, log_to="tensorbord"), "run --task sst2 --method lora --log-to tensorbord"),
         (dict(SWEEP, jobs=0), "sweep --tasks sst2 --methods lora --jobs 0"),
         (dict(tasks="sst2", methods=[]), "sweep --tasks sst2 --methods ,"),
         (dict(SWEEP, set={"dora.r": 4}), "sweep --tasks sst2 --methods lora --set dora.r=4"),

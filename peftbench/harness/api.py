@@ -44,14 +44,16 @@ def check_scoped_sets(sets: Iterable[str], methods: Iterable[str]) -> None:
             )
 
 
-def prepare_run(req: RunRequest) -> RunConfig:
+def prepare_run(req: RunRequest, log_to: tuple[str, ...] = ()) -> RunConfig:
     """Everything one run checks before it takes its lock, so bad input fails here and writes nothing."""
     from peftbench.harness.run.data import check_data
     from peftbench.harness.run.devices import parse_device, refuse_multiprocess
     from peftbench.harness.run.plan import resolve
+    from peftbench.harness.run.trackers import check_trackers
 
     refuse_multiprocess()
     parse_device(req.device)  # a GPU asked for on a machine without one fails here
+    check_trackers(log_to)
     check_scoped_sets(req.sets, (req.method,))
     cfg = resolve(req)
     check_data(cfg.task, cfg.data)
@@ -66,6 +68,7 @@ def execute_run(
     progress: bool = False,
     save_adapter: bool = False,
     device: str = "auto",
+    log_to: tuple[str, ...] = (),
 ) -> RunRecord:
     """Train one resolved config under its lock (a sweep's child inherits the sweep's: `locked_by_caller`) and
     return its record; RunFailed when the run failed."""
@@ -82,7 +85,7 @@ def execute_run(
                 f"wait for it to finish"
             )
     try:
-        rec = execute(cfg, Path(results), progress=progress, save_adapter=save_adapter, device=device)
+        rec = execute(cfg, Path(results), progress=progress, save_adapter=save_adapter, device=device, log_to=log_to)
     finally:
         if lock is not None:
             release_lock(lock)
@@ -99,17 +102,20 @@ def prepare_sweep(
     *,
     results: Path,
     jobs: int = 1,
+    log_to: tuple[str, ...] = (),
     **common: Any,
 ) -> list[PlannedRun]:
     """The grid, resolved and checked (names, settings, budgets, data) before anything runs; `common` is what
     every RunRequest shares (model, data, sets, profile, device)."""
     from peftbench.harness.run.devices import parse_device, refuse_multiprocess
+    from peftbench.harness.run.trackers import check_trackers
     from peftbench.harness.sweep.driver import expand, plan
 
     if jobs < 1:
         raise UsageError(f"--jobs must be 1 or more, got {jobs}")
     refuse_multiprocess()
     parse_device(common.get("device", "auto"))
+    check_trackers(log_to)
     for flag, values in (("--tasks", tasks), ("--methods", methods), ("--seeds", seeds)):
         if not values:
             raise UsageError(f"{flag} is empty; give a comma-separated list (see `peftbench list`)")
@@ -128,6 +134,7 @@ def run_planned(
     address: str | None = None,
     cpus_per_run: float = 1.0,
     gpus_per_run: float = 0.0,
+    log_to: tuple[str, ...] = (),
 ) -> SweepOutcome:
     """Run what the plan has not done yet (KeyboardInterrupt stops the runs in flight and propagates)."""
     from peftbench.harness.run.devices import assign_gpus
@@ -148,6 +155,7 @@ def run_planned(
         ray_resources={"num_cpus": cpus_per_run, "num_gpus": gpus_per_run},
         device=device,
         gpu_envs=assign_gpus(jobs, device) if executor == "local" else None,
+        log_to=log_to,
     )
 
 
@@ -167,6 +175,7 @@ def run(
     device: str = "auto",
     set: Settings = None,  # noqa: A002 - the CLI's --set, by its name
     save_adapter: bool = False,
+    log_to: str | Iterable[str] | None = None,
     progress: bool = False,
     **settings: Any,
 ) -> RunRecord:
@@ -179,6 +188,7 @@ def run(
     on bad input (nothing written) and RunFailed when training failed (the record is written and attached)."""
     from peftbench.harness.run.plan import RunRequest
 
+    log_to = _names(log_to or ())
     req = RunRequest(
         task=task,
         method=method,
@@ -190,8 +200,8 @@ def run(
         profile=profile,
         device=device,
     )
-    cfg = prepare_run(req)
-    return execute_run(cfg, Path(results), progress=progress, save_adapter=save_adapter, device=device)
+    cfg = prepare_run(req, log_to)
+    return execute_run(cfg, Path(results), progress=progress, save_adapter=save_adapter, device=device, log_to=log_to)
 
 
 def sweep(
@@ -211,6 +221,7 @@ def sweep(
     cpus_per_run: float = 1.0,
     gpus_per_run: float = 0.0,
     set: Settings = None,  # noqa: A002 - the CLI's --set, by its name
+    log_to: str | Iterable[str] | None = None,
     progress: bool = False,
     **settings: Any,
 ) -> pd.DataFrame:
@@ -222,6 +233,7 @@ def sweep(
 
     Lists may be given as Python lists or as the CLI's comma-separated strings; settings as for `run`. Raises
     UsageError / BudgetError on bad input, before anything runs."""
+    log_to = _names(log_to or ())
     planned = prepare_sweep(
         _names(tasks),
         _names(methods),
@@ -229,6 +241,7 @@ def sweep(
         _seeds(seeds),
         results=Path(results),
         jobs=jobs,
+        log_to=log_to,
         model=str(model),
         data=str(data),
         sets=settings_items(set, settings),
@@ -237,7 +250,7 @@ def sweep(
     )
     outcome = run_planned(
         planned, Path(results), jobs=jobs, executor=executor, progress=progress, device=device, address=address,
-        cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+        cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log_to=log_to,
     )  # fmt: skip
     return runs_table(planned, outcome)
 

@@ -36,6 +36,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results", type=Path, help="results directory (records go to runs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
+        "--log-to",
+        type=names,
+        default=(),
+        metavar="TRACKER",
+        help="also stream training curves to this tracker: tensorboard (events beside each record, in "
+        "<hash>.tensorboard/; needs pip install 'peftbench[tensorboard]')",
+    )
+    p.add_argument(
         "--device",
         default="auto",
         help="auto (the first GPU, else the CPU) | cpu | cuda | cuda:N; with --jobs N and several GPUs, one each",
@@ -137,6 +145,10 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _log_to(args) -> tuple[str, ...]:
+    return tuple(args.log_to or ())
+
+
 def cmd_run(args) -> int:
     from peftbench.harness import api
     from peftbench.harness.run.plan import RunRequest
@@ -163,7 +175,8 @@ def cmd_run(args) -> int:
                 sets=tuple(args.sets),
                 profile=args.profile,
                 device=args.device,
-            )
+            ),
+            _log_to(args),
         )
     rec = api.execute_run(
         cfg,
@@ -172,6 +185,7 @@ def cmd_run(args) -> int:
         progress=not args.quiet and sys.stderr.isatty(),
         save_adapter=args.save_adapter,
         device=args.device,
+        log_to=_log_to(args),
     )
     m, p = rec.metrics, rec.params
     print(
@@ -194,6 +208,7 @@ def cmd_sweep(args) -> int:
         args.seeds,
         results=args.results,
         jobs=args.jobs,
+        log_to=_log_to(args),
         model=args.model,
         data=args.data,
         sets=tuple(args.sets),
@@ -217,6 +232,7 @@ def cmd_sweep(args) -> int:
             address=args.address,
             cpus_per_run=args.cpus_per_run,
             gpus_per_run=args.gpus_per_run,
+            log_to=_log_to(args),
         )
     except KeyboardInterrupt:
         finished = sum(load_record(p.record).ok for p in planned)

@@ -284,15 +284,20 @@ class _Sweep:
 
 
 def _executor(
-    name: str, ray_address: str | None, ray_resources: dict | None, device: str | None, gpu_envs: list | None
+    name: str,
+    ray_address: str | None,
+    ray_resources: dict | None,
+    device: str | None,
+    gpu_envs: list | None,
+    log_to: tuple[str, ...] = (),
 ) -> Executor:
     if name == "ray":
         from peftbench.harness.sweep.ray_executor import RayExecutor
 
-        return RayExecutor(ray_address, ray_resources or {})
+        return RayExecutor(ray_address, ray_resources or {}, log_to)
     if name == "inline":
-        return InlineExecutor(device or "auto")
-    return LocalExecutor(EnvSlots(gpu_envs) if gpu_envs else None, device)
+        return InlineExecutor(device or "auto", log_to)
+    return LocalExecutor(EnvSlots(gpu_envs) if gpu_envs else None, device, log_to)
 
 
 def run_sweep(
@@ -306,6 +311,7 @@ def run_sweep(
     on_done: Callable[[PlannedRun, int], None] | None = None,
     device: str | None = None,
     gpu_envs: list[dict[str, str]] | None = None,
+    log_to: tuple[str, ...] = (),
 ) -> SweepOutcome:
     """Run what is not done. On Ctrl-C (KeyboardInterrupt) the running children are stopped, no record is
     written for them, and the KeyboardInterrupt propagates; rerunning the same sweep finishes the rest."""
@@ -313,7 +319,7 @@ def run_sweep(
     outcome = SweepOutcome(skipped=len(planned) - len(todo))
     if not todo:
         return outcome
-    runner = _executor(executor, ray_address, ray_resources, device, gpu_envs)
+    runner = _executor(executor, ray_address, ray_resources, device, gpu_envs, log_to)
     sweep = _Sweep(results, runner, runner.slots(jobs), _Progress(len(todo), progress))
     start = time.perf_counter()
     try:

@@ -47,9 +47,11 @@ def resolved_file(config_json: str) -> Iterator[str]:
         Path(f.name).unlink(missing_ok=True)
 
 
-def run_command(cfg_file: str, results: str, quiet: bool) -> list[str]:
+def run_command(cfg_file: str, results: str, quiet: bool, log_to: tuple[str, ...] = ()) -> list[str]:
     """The child process every out-of-process executor starts for one run."""
     cmd = [sys.executable, "-m", "peftbench", "run", "--resolved", cfg_file, "--results", results]
+    if log_to:
+        cmd += ["--log-to", ",".join(log_to)]
     return [*cmd, "--quiet"] if quiet else cmd
 
 
@@ -139,6 +141,7 @@ def run_in_subprocess(
     children: Children | None = None,
     slots: EnvSlots | None = None,
     device: str | None = None,
+    log_to: tuple[str, ...] = (),
 ) -> int:
     """One run in a fresh interpreter: a crash or out-of-memory kills that run only, and its peak memory is
     its own. The child inherits the config's lock, so the config stays locked while it lives. It gets its own
@@ -148,8 +151,8 @@ def run_in_subprocess(
         if device is not None and device.startswith("cuda"):
             device = "cuda"  # the slot's CUDA_VISIBLE_DEVICES shows the child its one GPU as cuda:0
         with slots.hold() as extra:
-            return _run_child(cfg, results, quiet, jobs, lock_fd, children, extra, device)
-    return _run_child(cfg, results, quiet, jobs, lock_fd, children, None, device)
+            return _run_child(cfg, results, quiet, jobs, lock_fd, children, extra, device, log_to)
+    return _run_child(cfg, results, quiet, jobs, lock_fd, children, None, device, log_to)
 
 
 def _run_child(
@@ -161,9 +164,10 @@ def _run_child(
     children: Children | None,
     extra: dict[str, str] | None,
     device: str | None,
+    log_to: tuple[str, ...] = (),
 ) -> int:
     with resolved_file(canonical_json(cfg)) as cfg_file:
-        cmd = run_command(cfg_file, str(results), quiet)
+        cmd = run_command(cfg_file, str(results), quiet, log_to)
         if device is not None:
             cmd += ["--device", device]
         kw = dict(env=child_env(jobs, extra), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
@@ -181,10 +185,13 @@ def _run_child(
 class LocalExecutor:
     """A fresh interpreter per run, `jobs` at once; with GPU slots (devices.assign_gpus), one run per GPU."""
 
-    def __init__(self, env_slots: EnvSlots | None = None, device: str | None = None) -> None:
+    def __init__(
+        self, env_slots: EnvSlots | None = None, device: str | None = None, log_to: tuple[str, ...] = ()
+    ) -> None:
         self.children = Children()
         self.env_slots = env_slots
         self.device = device
+        self.log_to = log_to
 
     def slots(self, jobs: int) -> int:
         return self.env_slots.size if self.env_slots is not None else max(1, jobs)
@@ -192,7 +199,7 @@ class LocalExecutor:
     def run(self, cfg: RunConfig, results: Path, quiet: bool, jobs: int, lock_fd: int) -> int:
         return run_in_subprocess(
             cfg, results, quiet, jobs=jobs, lock_fd=lock_fd, children=self.children, slots=self.env_slots,
-            device=self.device,
+            device=self.device, log_to=self.log_to,
         )  # fmt: skip
 
     def stop(self) -> None:
@@ -205,8 +212,9 @@ class LocalExecutor:
 class InlineExecutor:
     """In this process, one run at a time (for debugging, and where a child process cannot start)."""
 
-    def __init__(self, device: str = "auto") -> None:
+    def __init__(self, device: str = "auto", log_to: tuple[str, ...] = ()) -> None:
         self.device = device
+        self.log_to = log_to
 
     def slots(self, jobs: int) -> int:
         if jobs > 1:
@@ -217,7 +225,7 @@ class InlineExecutor:
     def run(self, cfg: RunConfig, results: Path, quiet: bool, jobs: int, lock_fd: int) -> int:
         from peftbench.harness.run.runner import execute
 
-        return 0 if execute(cfg, results, progress=not quiet, device=self.device).ok else 1
+        return 0 if execute(cfg, results, progress=not quiet, device=self.device, log_to=self.log_to).ok else 1
 
     def stop(self) -> None:
         pass
