@@ -12,8 +12,9 @@ import sys
 import threading
 from pathlib import Path
 
+from peftbench import __version__
 from peftbench.errors import RunFailed, UsageError
-from peftbench.harness.args import add_set_option, int_list, names
+from peftbench.harness.args import DefaultsFormatter, add_set_option, int_list, names
 
 log = logging.getLogger("peftbench")
 
@@ -51,17 +52,26 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peftbench", description="Benchmark PEFT methods at fixed budgets.")
+    parser = argparse.ArgumentParser(
+        prog="peftbench", description="Benchmark PEFT methods at fixed budgets.", formatter_class=DefaultsFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="methods and tasks in the registry")
+    p = sub.add_parser("list", help="methods and tasks in the registry")
+    p.add_argument(
+        "--settings", metavar="METHOD", default=None, help="the --set keys of METHOD and of training, with types, "
+        "defaults and help",
+    )  # fmt: skip
 
     p = sub.add_parser("run", help="train and evaluate one configuration")
-    p.add_argument("--task")
-    p.add_argument("--method")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--budget", default=None, help="adapter parameter budget: 0.3M, 150K, 0.5%%")
+    p.add_argument("--task", help="a task name (peftbench list)")
+    p.add_argument("--method", help="a method name (peftbench list)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (data order, initialisation)")
+    p.add_argument(
+        "--budget", default=None, help="adapter parameter budget: 0.3M, 150K, 0.5%% (none: the method's defaults)"
+    )
     p.add_argument("--resolved", default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--save-adapter",
@@ -71,10 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("sweep", help="run a grid of tasks x methods x budgets x seeds, then print the leaderboard")
-    p.add_argument("--tasks", type=names, required=True)
-    p.add_argument("--methods", type=names, required=True)
-    p.add_argument("--budgets", type=names, default=[], help="e.g. 0.3M,1.2M,0.5%%")
-    p.add_argument("--seeds", type=int_list, default=[0])
+    p.add_argument("--tasks", type=names, required=True, help="comma-separated task names")
+    p.add_argument("--methods", type=names, required=True, help="comma-separated method names")
+    p.add_argument("--budgets", type=names, default=(), help="e.g. 0.3M,1.2M,0.5%% (none: each method's defaults)")
+    p.add_argument("--seeds", type=int_list, default=(0,), help="comma-separated seeds")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (local executor)")
     p.add_argument(
         "--executor",
@@ -83,18 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="local: one process per run; inline: in this process; ray: tasks on a Ray cluster",
     )
     p.add_argument("--address", default=None, help="Ray cluster address (default: start or join a local one)")
-    p.add_argument("--cpus-per-run", type=float, default=1.0)
-    p.add_argument("--gpus-per-run", type=float, default=0.0)
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each Ray task asks for")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
-    p.add_argument("--no-leaderboard", action="store_true")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not print the leaderboard at the end")
     _common(p)
 
     p = sub.add_parser("leaderboard", help="aggregate run records into tables")
-    p.add_argument("--results", default="results", type=Path)
-    p.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"])
+    p.add_argument("--results", default="results", type=Path, help="results directory (records in runs/)")
+    p.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"], help="table format")
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
-    p.add_argument("--tasks", type=names, default=None)
-    p.add_argument("--methods", type=names, default=None)
+    p.add_argument("--tasks", type=names, default=None, help="only these tasks (comma-separated)")
+    p.add_argument("--methods", type=names, default=None, help="only these methods (comma-separated)")
     p.add_argument("--profiles", type=names, default=None, help="only records made with these profiles")
 
     for module in SUBCOMMAND_MODULES:
@@ -106,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.add_subcommand(sub)
-
+    for p in sub.choices.values():  # every subcommand's --help shows its defaults, plugins' included
+        p.formatter_class = DefaultsFormatter
     return parser
 
 
@@ -133,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_list(args) -> int:
     from peftbench import registry
 
+    if args.settings:
+        from peftbench.harness.settings import settings_text
+
+        print(settings_text(args.settings))
+        return 0
     print("methods:")
     for name in registry.adapters.names():
         cls = registry.adapters.get(name)
