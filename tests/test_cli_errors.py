@@ -243,6 +243,16 @@ def test_hub_unreachable_is_a_clear_error(monkeypatch, capsys, tmp_path, tiny_mo
     )
 
 
+def test_a_hub_dataset_without_a_needed_split_fails_before_the_lock(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    import datasets
+
+    builder = types.SimpleNamespace(info=types.SimpleNamespace(splits={"train": None, "test": None}))
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda path, name=None, **kw: builder)
+    argv = ["run", "--task", "sst2", "--method", "lora", "--model", str(tiny_model_dir), "--data", "hub"]
+    _fails(capsys, [*argv, "--results", str(tmp_path / "results"), *FAST], "nyu-mll/glue sst2 has no split validation")
+    assert not (tmp_path / "results").exists()
+
+
 def test_offline_hub_run_leaves_no_lock_file(monkeypatch, capsys, tmp_path, tiny_model_dir):
     """With the network off, `--data hub` fails on one line before the run takes its lock: nothing is left in
     the results directory, and no lock file is created in the hub or datasets caches either."""

@@ -47,6 +47,9 @@ def test_adalora_run_logs_losses_budget_and_evaluations(tmp_path, tiny_model_dir
     assert [round(e.value, 4) for e in scalars["train/loss"]] == [round(x[1], 4) for x in rec.train.loss_history]
     curve = dict(rec.diagnostics["budget_curve"])
     assert [e.value for e in scalars["adapter/budget"]] == [curve[s] for s in logged]
+    # The learning rate each step used: linear warm-up (6% of 8 steps: none) then linear decay from the peak.
+    lrs = [e.value for e in scalars["train/lr"]]
+    assert lrs[0] == pytest.approx(4e-3) and lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(4e-3 / 8)
     kept = [e.value for e in scalars["adapter/retained_triplets"]]
     assert kept[0] > kept[-1] == rec.diagnostics["final_triplets"]  # pruned while it trained
     assert [e.step for e in scalars["eval/accuracy"]] == [4, 8]  # eval_every=4, then the final evaluation

@@ -248,6 +248,7 @@ def train(ctx: TrainContext) -> TrainResult:
             examples += len(idx)
             tokens += int(batch["attention_mask"].sum())
             batches.append(batch)
+        lr = optimizer.param_groups[0]["lr"]  # this step's: the scheduler moves it on inside step_fn
         task_sum, extra_sum = step_fn(batches, step)
         step_times.append(time.perf_counter() - t0)
         if step % log_every == 0 or step == total_steps - 1:
@@ -258,7 +259,7 @@ def train(ctx: TrainContext) -> TrainResult:
                 raise TrainingDiverged(step, f"loss is {task_loss} (extra loss {extra})")
             loss_history.append([step, round(task_loss, 6), round(extra, 6)])
             if ctx.trackers:
-                scalars = {"train/loss": task_loss, "train/extra_loss": extra, "train/lr": scheduler.get_last_lr()[0]}
+                scalars = {"train/loss": task_loss, "train/extra_loss": extra, "train/lr": lr}
                 scalars.update({f"adapter/{k}": float(v) for k, v in ctx.adapter.step_scalars().items()})
                 ctx.trackers.log(scalars, step)
             if bar is not None:
