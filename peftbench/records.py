@@ -395,6 +395,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def tracker_dir(record_file: Path, tracker: str) -> Path:
+    """A tracker's event files (`--log-to tensorboard`) live beside the record, in `<hash>.<tracker>/`."""
+    return Path(record_file).with_suffix(f".{tracker}")
+
+
 def set_aside(path: Path) -> Path:
     """Rename an unusable record out of the way (`<name>.unusable[.N]`) so rerunning its config loses nothing."""
     path = Path(path)

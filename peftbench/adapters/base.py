@@ -215,6 +215,12 @@ class Adapter(ABC):
         """After optimizer.step(), before zero_grad(); only on steps where gradients were synced.
         `step` is the 0-based index of the optimizer step just taken (0 .. plan.total_steps - 1)."""
 
+    def step_scalars(self) -> dict[str, float]:
+        """Scalars worth watching step by step (AdaLoRA: its budget b(t) and the triplets it keeps), after
+        `on_step_end`. Read only on logged steps and only when a tracker is on (`--log-to`), so reading them
+        may cost a device sync."""
+        return {}
+
     # The wrapper layer this method puts on its targets, when it has one with a `merge()`: the default `merge`
     # folds every such layer into its base weight.
     layer_cls: ClassVar[type | None] = None

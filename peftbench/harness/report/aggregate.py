@@ -18,7 +18,8 @@ from peftbench.records import Params, Perf, RunRecord, iter_records
 GROUP = ["task", "method", "budget", "profile", "variant"]
 
 
-def _row(rec: RunRecord) -> dict:
+def record_row(rec: RunRecord) -> dict:
+    """One run as a row: what tables, plots and `peftbench.sweep` show of it."""
     cfg, params, perf, metrics = rec.config, rec.params or _NO_PARAMS, rec.perf or Perf(), rec.metrics
     row = {
         "task": cfg.task,
@@ -90,7 +91,7 @@ _NO_PARAMS = Params(None, None, None, None)  # type: ignore[arg-type]  # a faile
 
 
 def runs_frame(results: Path, include_failed: bool = True) -> pd.DataFrame:
-    rows = [_row(r.record) for r in iter_records(results) if r.record is not None]
+    rows = [record_row(r.record) for r in iter_records(results) if r.record is not None]
     df = pd.DataFrame(rows)
     if df.empty:
         return df
