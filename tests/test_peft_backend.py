@@ -214,3 +214,14 @@ def test_without_peft_list_says_how_and_loading_is_one_line():
     assert out.count("exit 0") == 1 and "exit 2" in out
     errors = done.stderr.strip().splitlines()
     assert errors == ["error: the peft-* methods need the optional peft package: pip install 'peftbench[peft]'"]
+
+
+def test_a_run_records_the_peft_implementation_and_logs_the_regulariser_apart(tiny_model_dir, tmp_path):
+    from tests.helpers import quick_run
+
+    rec = quick_run(tiny_model_dir, tmp_path, method="peft-adalora", sets=("max_steps=6", "init_r=4", "target_r=2"))
+    assert rec.ok and rec.implementation == "peft"
+    assert rec.params.adapter_peak > rec.params.adapter > 0
+    # [step, task loss, extra loss]: the regulariser is logged as the extra loss, not folded into the task loss.
+    assert all(extra > 0 for _, _, extra in rec.train.loss_history)
+    assert rec.diagnostics["final_ranks"] and rec.diagnostics["schedule"]["total_steps"] == 6
