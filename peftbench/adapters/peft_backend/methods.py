@@ -7,6 +7,7 @@ shared rank); OFT: block_size; FourierFT: n_frequency. (IA)³ and LN tuning have
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -225,6 +226,13 @@ class PeftLNTuningAdapter(PeftAdapter):
     @classmethod
     def peft_kwargs(cls, config: LNTuningConfig, names: list[str], total_steps: int) -> dict[str, Any]:
         return {}
+
+    @classmethod
+    def build_tuner(cls, model: nn.Module, names: list[str], config: Any, total_steps: int) -> nn.Module:
+        with warnings.catch_warnings():
+            # peft asks each target for Linear-style in/out features and warns on a LayerNorm, which needs none.
+            warnings.filterwarnings("ignore", message="Unsupported layer type")
+            return super().build_tuner(model, names, config, total_steps)
 
 
 @dataclass(frozen=True)
