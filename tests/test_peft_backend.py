@@ -225,3 +225,16 @@ def test_a_run_records_the_peft_implementation_and_logs_the_regulariser_apart(ti
     # [step, task loss, extra loss]: the regulariser is logged as the extra loss, not folded into the task loss.
     assert all(extra > 0 for _, _, extra in rec.train.loss_history)
     assert rec.diagnostics["final_ranks"] and rec.diagnostics["schedule"]["total_steps"] == 6
+
+
+@pytest.mark.parametrize("name", [n for n in BUDGETED if registry.adapters.get(n).count_by_shape])
+def test_counting_one_layer_per_shape_is_exact(name):
+    """The fast count (one skeleton layer per distinct shape) equals peft's count over every layer."""
+    from peftbench.adapters.peft_backend.budget import _count, peft_count
+
+    cls = registry.adapters.get(name)
+    targets = tuple(find_targets(_model(), DEFAULT_TARGETS))
+    values = list(cls.knob_values(list(targets), cls.config_cls()))
+    for v in (values[0], values[len(values) // 3]):
+        config = cls.with_knob(cls.config_cls(), v, list(targets))
+        assert peft_count(cls, targets, config) == _count(cls, targets, config)

@@ -63,6 +63,9 @@ class PeftAdapter(Adapter):
     peft_config_name: ClassVar[str]
     # Where the budget skeleton is built: "meta" unless peft's initialisation needs real numbers (e.g. nonzero()).
     count_device: ClassVar[str] = "meta"
+    # True where a layer's adapter size depends on its own shape only, so counting one layer per shape is exact;
+    # False for tuners whose layers share state sized by the whole model (VeRA's projections).
+    count_by_shape: ClassVar[bool] = True
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

@@ -46,14 +46,29 @@ def skeleton(targets: Sequence[TargetMatrix], device: str = "meta") -> nn.Module
 def peft_count(cls: type, targets: tuple[TargetMatrix, ...], config) -> int:
     """Trainable parameters peft creates for `config` on these targets (the head is not in the skeleton).
 
-    Only parameters under the tuner's prefix count: on the meta device peft 0.21 leaves AdaLoRA's `ranknum`
-    (a constant) marked trainable, which it is not on a real model."""
+    Where each layer's adapter depends only on its own shape (`cls.count_by_shape`), one Linear per distinct shape
+    is built and its count multiplied: a handful of layers instead of every block's. Only parameters under the
+    tuner's prefix count: on the meta device peft 0.21 leaves AdaLoRA's `ranknum` (a constant) marked trainable,
+    which it is not on a real model."""
+    if not cls.count_by_shape:
+        return _count(cls, targets, config)
+    shapes: dict[tuple[int, int], int] = {}
+    for t in targets:
+        shapes[t.d_in, t.d_out] = shapes.get((t.d_in, t.d_out), 0) + 1
+    one_each = tuple(TargetMatrix(f"shape{i}", d_in, d_out) for i, (d_in, d_out) in enumerate(shapes))
+    per_layer = _count(cls, one_each, config, per_module=True)
+    return sum(per_layer[t.name] * n for t, n in zip(one_each, shapes.values(), strict=True))
+
+
+def _count(cls: type, targets: tuple[TargetMatrix, ...], config, per_module: bool = False):
     model = skeleton(targets, cls.count_device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # block-size adjustments and the like, once per layer: the count says it
         tuner = cls.build_tuner(model, [t.name for t in targets], config, COUNT_STEPS)
-    prefix = tuner.prefix
-    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and prefix in n)
+    counted = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad and tuner.prefix in n]
+    if not per_module:
+        return sum(k for _, k in counted)
+    return {t.name: sum(k for n, k in counted if n.startswith(t.name + ".")) for t in targets}
 
 
 def search_knob(

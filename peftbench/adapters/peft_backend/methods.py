@@ -155,6 +155,7 @@ class PeftVeraAdapter(PeftAdapter):
     config_cls = VeraConfig
     peft_config_name = "VeraConfig"
     budget_knobs = ("r",)
+    count_by_shape = False  # the projections are sized by the widest layers
     default_lr = 4e-3  # native vera's
 
     @classmethod
