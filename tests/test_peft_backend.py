@@ -158,6 +158,8 @@ def test_adalora_allocates_through_on_step_end():
     report = adapter.param_report(model)
     final = adapter.diagnostics()["final_ranks"]
     assert sum(final.values()) == 2 * len(final)  # peft's b(T): target_r triplets per matrix
+    curve = adapter.diagnostics()["budget_curve"]
+    assert curve[0] == [0, 4 * len(final)] and curve[-1] == [PLAN.total_steps - 1, 2 * len(final)]
     assert report.adapter < report.adapter_peak
 
 

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from peftbench.adapters.adalora import AdaLoraAdapter, rank_grid
+from peftbench.adapters.adalora import MAX_CURVE_POINTS, AdaLoraAdapter, rank_grid
 from peftbench.adapters.adalora.config import _check_step_value, resolve_schedule
 from peftbench.adapters.adalora.layer import orth_penalty
 from peftbench.adapters.base import ApplyPlan, ParamReport, TargetMatrix, config_replace, find_targets
@@ -84,6 +84,8 @@ class PeftAdaLoraAdapter(PeftAdapter):
     def __init__(self, config: PeftAdaLoraConfig) -> None:
         super().__init__(config)
         self.targets: list[TargetMatrix] = []
+        self._budget_curve: list[list[int]] = []
+        self._stride = 1
 
     @classmethod
     def check_plan(cls, config: PeftAdaLoraConfig, plan: ApplyPlan) -> None:
@@ -103,6 +105,7 @@ class PeftAdaLoraAdapter(PeftAdapter):
     def apply(self, model: nn.Module, plan: ApplyPlan) -> nn.Module:
         # Shapes first: once peft has wrapped them, the targets are no longer nn.Linear.
         self.targets = find_targets(model, plan.targets, plan.head_modules)
+        self._stride = max(1, math.ceil(plan.total_steps / MAX_CURVE_POINTS))
         return super().apply(model, plan)
 
     def _layers(self) -> dict[str, nn.Module]:
@@ -118,6 +121,10 @@ class PeftAdaLoraAdapter(PeftAdapter):
         if self.tuner is None:
             raise UsageError("peft-adalora's on_step_end was called before apply()")
         self.tuner.update_and_allocate(step)
+        total = self.tuner.peft_config[ADAPTER_NAME].total_step
+        if step % self._stride == 0 or step == total - 1:
+            # peft's b(t) in triplets (its schedule is a pure function of the step), for the report's schedule plot.
+            self._budget_curve.append([step, int(self.tuner.rankallocator.budget_schedule(step)[0])])
 
     def final_ranks(self) -> dict[str, int]:
         """Retained triplets per matrix: peft's rank pattern once it has one, else every initial triplet."""
@@ -149,6 +156,7 @@ class PeftAdaLoraAdapter(PeftAdapter):
             "init_ranks": init,
             "final_ranks": final,
             "rank_grid": rank_grid(self.targets, final),
+            "budget_curve": list(self._budget_curve),
             "orth_reg_weight": self.config.orth_reg_weight,
             "schedule": {
                 "total_steps": c.total_step,
