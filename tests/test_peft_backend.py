@@ -240,3 +240,30 @@ def test_counting_one_layer_per_shape_is_exact(name):
     for v in (values[0], values[len(values) // 3]):
         config = cls.with_knob(cls.config_cls(), v, list(targets))
         assert peft_count(cls, targets, config) == _count(cls, targets, config)
+
+
+@pytest.mark.slow
+def test_every_budgeted_peft_method_meets_03M_on_minilm_within_one_knob_step():
+    """The dry run's plan on the embedded MiniLM, then each solved config applied to a MiniLM-shaped model: peft's
+    count on the real layers is the planned one."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from peftbench.harness.run.plan import RunRequest, model_shape, planned_adapter_count, resolve
+    from tests.conftest import MINILM_DIR
+
+    hf_config = AutoConfig.from_pretrained(MINILM_DIR, num_labels=2)
+    for name in BUDGETED:
+        cfg = resolve(RunRequest(task="sst2", method=name, budget="0.3M"))
+        cls = registry.adapters.get(name)
+        targets = list(model_shape(cfg.model, "sst2", cfg.train.targets).targets)
+        sol = cls.for_budget(targets, 300_000, cls.config_cls())
+        below, above = sol.neighbours
+        assert below <= 300_000 <= above and planned_adapter_count(cfg) == sol.achieved, name
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_config(hf_config)
+        adapter = cls(sol.config)
+        adapter.apply(model, ApplyPlan(total_steps=100, targets=cfg.train.targets))
+        report = adapter.param_report(model)
+        assert (report.adapter_peak or report.adapter) == (cls.peak_adapter_count(targets, sol.config) or sol.achieved)
+    lora = planned_adapter_count(resolve(RunRequest(task="sst2", method="lora", budget="0.3M")))
+    assert lora == planned_adapter_count(resolve(RunRequest(task="sst2", method="peft-lora", budget="0.3M")))
