@@ -10,7 +10,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -49,7 +49,8 @@ class PeftLoraAdapter(PeftAdapter):
     peft_config_name = "LoraConfig"
     budget_knobs = ("r",)
     default_lr = LoraAdapter.default_lr
-    native = LoraAdapter
+    # The native method whose config this one takes, and whose peft twin is the peft config built here.
+    native: ClassVar[type[LoraAdapter]] = LoraAdapter
 
     @classmethod
     def peft_config(cls, config: LoraConfig, names: list[str], total_steps: int) -> Any:
