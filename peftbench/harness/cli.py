@@ -159,10 +159,15 @@ def cmd_list(args) -> int:
         print(settings_text(args.settings))
         return 0
     print("methods:")
-    for name in registry.adapters.names():
-        cls = registry.adapters.get(name)
-        doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip()
-        print(f"  {name:10s} {doc.splitlines()[0] if doc else ''}")
+    found, missing = registry.adapters.loadable()
+    width = max(10, *map(len, found))
+    for name, cls in found.items():
+        doc = (cls.summary or sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip()
+        print(f"  {name:{width}s} {doc.splitlines()[0] if doc else ''}")
+    # Methods whose optional dependency is missing: one line per reason, saying how to get them.
+    for why in dict.fromkeys(missing.values()):
+        names = [n for n, w in missing.items() if w == why]
+        print(f"  ({', '.join(names) if len(names) < 4 else f'{len(names)} more methods'}: {why})")
     print("tasks:")
     for name in registry.tasks.names():
         t = registry.tasks.get(name)

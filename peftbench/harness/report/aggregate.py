@@ -24,6 +24,7 @@ def record_row(rec: RunRecord) -> dict:
     row = {
         "task": cfg.task,
         "method": cfg.method,
+        "implementation": rec.implementation,
         "budget": rec.budget_spec,
         "budget_requested": cfg.budget_requested,
         "seed": cfg.seed,
@@ -100,6 +101,16 @@ def runs_frame(results: Path, include_failed: bool = True) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+NATIVE = "native"
+
+
+def implementation(row) -> str:
+    """Whose code ran a summary or run row ('native' or 'peft', Adapter.implementation as recorded); rows of records
+    made before the field existed, and frames without the column, are native."""
+    v = row.get("implementation")
+    return v if isinstance(v, str) and v else NATIVE
+
+
 def count_label(n, m_decimals: int = 3) -> str:
     """A parameter count as tables and plots show it: millions from 100K up, else thousands; '-' when missing."""
     if n is None or (isinstance(n, float) and math.isnan(n)):
@@ -156,6 +167,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             sorted((int(r["seed"]), float(r["primary"]), r["record"]) for _, r in good.iterrows() if r["record"])
         )
         row["settings"] = g["settings"].iloc[0]
+        row["implementation"] = g["implementation"].iloc[0]
         row["method_note"] = g["method_note"].iloc[0]
         kinds = sorted({k for k in good.get("peak_memory_kind", pd.Series(dtype=object)).dropna() if k})
         row["peak_memory_kind"] = ",".join(kinds)

@@ -116,7 +116,7 @@ def execute(
     precision = _precision(t.precision, dev)
 
     data = DataInfo(cfg.data, cfg.data_hash, len(train_rows), {s: len(r) for s, (r, _) in eval_rows.items()})
-    record = RunRecord.start(cfg, data, task.primary_metric, total_steps)
+    record = RunRecord.start(cfg, data, task.primary_metric, total_steps, adapter_cls.implementation)
     env: dict = {}
     adapter = None
     trackers = None
