@@ -64,7 +64,7 @@ regress-update: venv
 	HF_HUB_OFFLINE=1 $(PEFTBENCH) regress --results $(RESULTS) --update --reason "$(REASON)"
 
 # Speed and memory, side by side in one process: native methods vs peft vs the frozen-model floor.
-# Methods timed by make perf (peftbench perf alone times every registered method).
+# Methods timed by make perf (peftbench perf alone times every native method; peft's side runs as their twins).
 PERF_METHODS ?= full,lora,dora,adalora
 
 perf: venv

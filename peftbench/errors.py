@@ -16,3 +16,12 @@ class TrainingDiverged(RuntimeError):
         super().__init__(f"training diverged at step {step}: {reason}")
         self.step = step
         self.reason = reason
+
+
+class RunFailed(RuntimeError):
+    """A run that started training and failed (diverged, crashed): its record is written, with the error. The CLI
+    prints the message and exits with status 1; `peftbench.run` raises it with the record attached."""
+
+    def __init__(self, record) -> None:
+        super().__init__(f"run failed: {record.error} (record: {record.path})")
+        self.record = record

@@ -141,12 +141,17 @@ class RunRecord:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
     adapter_file: str | None = None
+    # Whose code ran the method ("native" or "peft", Adapter.implementation); records written before the field
+    # existed ran native code and read as such.
+    implementation: str = "native"
     schema_version: int = SCHEMA_VERSION
     # Where it was read from; not part of the file.
     path: Path | None = field(default=None, compare=False)
 
     @classmethod
-    def start(cls, config: RunConfig, data: DataInfo, primary_name: str, total_steps: int) -> RunRecord:
+    def start(
+        cls, config: RunConfig, data: DataInfo, primary_name: str, total_steps: int, implementation: str = "native"
+    ) -> RunRecord:
         """A record of a run that has not finished: it says failed until `finish` says otherwise."""
         return cls(
             config=config,
@@ -154,6 +159,7 @@ class RunRecord:
             metrics=Metrics(primary_name),
             train=TrainLog(total_steps),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            implementation=implementation,
         )
 
     def finish(
@@ -263,6 +269,7 @@ def _common(data: dict[str, Any], config: RunConfig, info: DataInfo) -> RunRecor
         diagnostics=dict(data.get("diagnostics") or {}),
         env=dict(data.get("env") or {}),
         adapter_file=data.get("adapter_file"),
+        implementation=str(data.get("implementation") or "native"),
     )
 
 
@@ -393,6 +400,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def tracker_dir(record_file: Path, tracker: str) -> Path:
+    """A tracker's event files (`--log-to tensorboard`) live beside the record, in `<hash>.<tracker>/`."""
+    return Path(record_file).with_suffix(f".{tracker}")
 
 
 def set_aside(path: Path) -> Path:

@@ -60,6 +60,8 @@ class Registry(Generic[T]):
             raise UsageError(unknown_name_message(self.kind, name, self.names()))
         try:
             obj = points[name].load()
+        except UsageError:  # the plugin says what it is missing (an optional dependency) and how to get it
+            raise
         except Exception as e:  # a broken plugin must not take the CLI down with a traceback
             raise UsageError(
                 f"{self.kind} {name!r} could not be loaded from {points[name].value} ({type(e).__name__}: {e}); "
@@ -67,6 +69,18 @@ class Registry(Generic[T]):
             ) from None
         self._cache[name] = obj
         return obj
+
+    def loadable(self) -> tuple[dict[str, T], dict[str, str]]:
+        """Every name loaded, and apart the names that cannot be (name -> why): a listing shows what is here
+        and says how to get the rest, instead of failing on the first plugin whose dependency is missing."""
+        found: dict[str, T] = {}
+        missing: dict[str, str] = {}
+        for name in self.names():
+            try:
+                found[name] = self.get(name)
+            except UsageError as e:
+                missing[name] = str(e)
+        return found, missing
 
     def clear_cache(self) -> None:
         self._cache.clear()

@@ -10,6 +10,7 @@ import torch
 from peftbench import registry
 from peftbench.adapters.base import ApplyPlan, find_targets
 from peftbench.config import DEFAULT_TARGETS
+from peftbench.errors import UsageError
 from tests.conftest import tiny_bert_config
 
 METHODS = registry.adapters.names()
@@ -43,9 +44,17 @@ def _train_steps(adapter, model, steps=4):
     model.eval()
 
 
+def _load(name: str):
+    """The method's class; a method whose optional dependency is missing here is skipped, not failed."""
+    try:
+        return registry.adapters.get(name)
+    except UsageError as e:
+        pytest.skip(str(e))
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_identity_at_initialisation(name):
-    cls = registry.adapters.get(name)
+    cls = _load(name)
     base = _model()
     adapted = cls(cls.config_cls()).apply(copy.deepcopy(base), PLAN)
     x = _batch()
@@ -54,7 +63,7 @@ def test_identity_at_initialisation(name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_head_trains_and_report_adds_up(name):
-    cls = registry.adapters.get(name)
+    cls = _load(name)
     adapter = cls(cls.config_cls())
     model = adapter.apply(_model(), PLAN)
     assert all(p.requires_grad for p in model.classifier.parameters())
@@ -65,29 +74,43 @@ def test_head_trains_and_report_adds_up(name):
     assert r.trainable == peak + r.head
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS if registry.adapters.get(n).budgeted])
+def _budgeted(name: str) -> bool:
+    try:
+        return registry.adapters.get(name).budgeted
+    except UsageError:
+        return True  # listed, then skipped by _load with the reason
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if _budgeted(n)])
 def test_param_count_equals_what_for_budget_promised(name):
-    cls = registry.adapters.get(name)
+    cls = _load(name)
     targets = find_targets(_model(), DEFAULT_TARGETS)
     per_rank = sum(t.d_in + t.d_out for t in targets)
-    requested = 6 * per_rank
+    # Four ranks' worth: inside every budgeted method's range on this model (LoKr's factors top out near 5.7).
+    requested = 4 * per_rank
     sol = cls.for_budget(targets, requested, cls.config_cls())
-    # As close as an integer rank allows: within half of one rank's cost (on MiniLM that is within 5%).
-    assert abs(sol.achieved - requested) <= per_rank / 2 + 1
+    if sol.neighbours is None:
+        # As close as an integer rank allows: within half of one rank's cost (on MiniLM that is within 5%).
+        assert abs(sol.achieved - requested) <= per_rank / 2 + 1
+    else:
+        # A knob with uneven steps: the nearer of the two counts next to the request.
+        below, above = sol.neighbours
+        assert below <= requested <= above and sol.achieved in (below, above)
     adapter = cls(sol.config)
     model = adapter.apply(_model(), PLAN)
     _train_steps(adapter, model, steps=PLAN.total_steps)
     assert cls.adapter_count(targets, sol.config) == sol.achieved
     final = adapter.param_report(model).adapter
-    # AdaLoRA in triplet mode knows its count only at the end; the other methods hit it exactly.
-    assert abs(final - requested) <= per_rank
-    if name != "adalora":
+    if cls.peak_adapter_count(targets, sol.config) is None:
         assert final == sol.achieved
+    else:
+        # Pruned during training (AdaLoRA in triplet mode knows its count only at the end): within one rank.
+        assert abs(final - sol.achieved) <= per_rank
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_merged_equals_unmerged_after_training(name):
-    cls = registry.adapters.get(name)
+    cls = _load(name)
     adapter = cls(cls.config_cls())
     model = adapter.apply(_model(), PLAN)
     _train_steps(adapter, model)
@@ -100,7 +123,7 @@ def test_merged_equals_unmerged_after_training(name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_state_round_trips(name):
-    cls = registry.adapters.get(name)
+    cls = _load(name)
     adapter = cls(cls.config_cls())
     model = adapter.apply(_model(), PLAN)
     _train_steps(adapter, model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,11 @@ def test_hub_source_uses_load_dataset(monkeypatch, capsys, tmp_path, tiny_model_
         return datasets.Dataset.from_list(rows[split])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    # Planning asks for the builder (metadata only) before the run takes its lock.
+    info = types.SimpleNamespace(splits={"train": None, "validation": None, "test": None})
+    monkeypatch.setattr(
+        datasets, "load_dataset_builder", lambda path, name=None, **kw: types.SimpleNamespace(info=info)
+    )
     code = main(
         [
             "run",
@@ -235,6 +241,46 @@ def test_hub_unreachable_is_a_clear_error(monkeypatch, capsys, tmp_path, tiny_mo
         ],
         "--data sample",
     )
+
+
+def test_a_hub_dataset_without_a_needed_split_fails_before_the_lock(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    import datasets
+
+    builder = types.SimpleNamespace(info=types.SimpleNamespace(splits={"train": None, "test": None}))
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda path, name=None, **kw: builder)
+    argv = ["run", "--task", "sst2", "--method", "lora", "--model", str(tiny_model_dir), "--data", "hub"]
+    _fails(capsys, [*argv, "--results", str(tmp_path / "results"), *FAST], "nyu-mll/glue sst2 has no split validation")
+    assert not (tmp_path / "results").exists()
+
+
+def test_offline_hub_run_leaves_no_lock_file(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    """With the network off, `--data hub` fails on one line before the run takes its lock: nothing is left in
+    the results directory, and no lock file is created in the hub or datasets caches either."""
+    import socket
+
+    import datasets
+    import huggingface_hub
+
+    def no_network(*a, **k):
+        raise OSError("network is off in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    caches = [Path(datasets.config.HF_DATASETS_CACHE), Path(huggingface_hub.constants.HF_HUB_CACHE)]
+
+    def locks() -> set[Path]:
+        return {p for c in caches if c.exists() for p in c.rglob("*.lock")}
+
+    before = locks()
+    results = tmp_path / "results"
+    argv = ["run", "--task", "sst2", "--method", "lora", "--model", str(tiny_model_dir), "--data", "hub"]
+    _fails(capsys, [*argv, "--results", str(results), *FAST], "from the hub", "--data sample")
+    assert not results.exists(), sorted(results.rglob("*"))
+    assert locks() == before
+    sweep = ["sweep", "--tasks", "sst2", "--methods", "lora", "--model", str(tiny_model_dir), "--data", "hub"]
+    _fails(capsys, [*sweep, "--results", str(results), *FAST], "from the hub")
+    assert not results.exists(), sorted(results.rglob("*"))
+    assert locks() == before
 
 
 def test_list_prints_methods_and_tasks(capsys):

@@ -66,6 +66,9 @@ class BudgetSolution:
     config: Any
     achieved: int
     detail: str
+    # The achievable counts on either side of the request (the knob values next to it), where the method searched
+    # a knob whose steps are uneven; None where the step is the method's fixed per-rank cost.
+    neighbours: tuple[int, int] | None = None
 
 
 def block_index(name: str) -> int | None:
@@ -172,6 +175,10 @@ class Adapter(ABC):
     name: ClassVar[str]
     # How tables and reports spell it ("LoRA"); the registry name when unset.
     display_name: ClassVar[str] = ""
+    # `peftbench list`'s line for it; the first line of its module's docstring when unset.
+    summary: ClassVar[str] = ""
+    # Whose code runs the method: "native" (ours) or "peft" (peft's tuner layers); records and tables say which.
+    implementation: ClassVar[str] = "native"
     config_cls: ClassVar[type]
     # Learning rate used when the user sets none; part of the resolved (hashed) config.
     default_lr: ClassVar[float] = 1e-3
@@ -214,6 +221,12 @@ class Adapter(ABC):
     def on_step_end(self, model: nn.Module, step: int) -> None:
         """After optimizer.step(), before zero_grad(); only on steps where gradients were synced.
         `step` is the 0-based index of the optimizer step just taken (0 .. plan.total_steps - 1)."""
+
+    def step_scalars(self) -> dict[str, float]:
+        """Scalars worth watching step by step (AdaLoRA: its budget b(t) and the triplets it keeps), after
+        `on_step_end`. Read only on logged steps and only when a tracker is on (`--log-to`), so reading them
+        may cost a device sync."""
+        return {}
 
     # The wrapper layer this method puts on its targets, when it has one with a `merge()`: the default `merge`
     # folds every such layer into its base weight.

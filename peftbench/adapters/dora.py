@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftbench.adapters.base import ApplyPlan, BudgetSolution, TargetMatrix, config_replace, solve_integer_rank
+from peftbench.adapters.base import ApplyPlan, BudgetSolution, TargetMatrix, solve_integer_rank
 from peftbench.adapters.lora import (
     LoraAdapter,
     LoraConfig,
@@ -32,6 +32,7 @@ from peftbench.adapters.lora import (
     low_rank_linear,
     max_rank,
     scale_rows,
+    with_rank,
     wrap_targets,
 )
 
@@ -184,5 +185,4 @@ class DoraAdapter(LoraAdapter):
         fixed = sum(t.d_out for t in targets)
         r, achieved = solve_integer_rank(cls.name, budget, per_rank, fixed, max_rank(targets))
         # As LoRA: keep alpha/r constant so the update's scale does not depend on the budget.
-        alpha = base.alpha * r / base.r if not base.rslora else base.alpha
-        return BudgetSolution(config_replace(base, r=r, alpha=alpha), achieved, f"r={r}")
+        return BudgetSolution(with_rank(base, r), achieved, f"r={r}")

@@ -64,6 +64,13 @@ def lora_scaling(alpha: float, r: int, rslora: bool) -> float:
     return alpha / math.sqrt(r) if rslora else alpha / r
 
 
+def with_rank(base, r: int):
+    """`base` at rank r with alpha moved along, so the update's scale (alpha/r, or alpha/sqrt(r) with rslora, which
+    needs no change) does not depend on the budget. Any frozen config with `r` and `alpha` fields."""
+    rslora = getattr(base, "rslora", False)
+    return config_replace(base, r=r, alpha=base.alpha if rslora else base.alpha * r / base.r)
+
+
 # --- the fused low-rank linear ----------------------------------------------------------------------------
 
 
@@ -425,6 +432,4 @@ class LoraAdapter(Adapter):
     def for_budget(cls, targets: list[TargetMatrix], budget: int, base: LoraConfig) -> BudgetSolution:
         per_rank = sum(t.d_in + t.d_out for t in targets)
         r, achieved = solve_integer_rank(cls.name, budget, per_rank, 0, max_rank(targets))
-        # Keep alpha/r constant when the rank moves, so the update's scale does not depend on the budget.
-        alpha = base.alpha * r / base.r if not base.rslora else base.alpha
-        return BudgetSolution(config_replace(base, r=r, alpha=alpha), achieved, f"r={r}")
+        return BudgetSolution(with_rank(base, r), achieved, f"r={r}")

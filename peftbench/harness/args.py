@@ -20,3 +20,25 @@ def int_list(value: str) -> tuple[int, ...]:
 def add_set_option(p: argparse.ArgumentParser, help: str) -> None:
     """The repeatable `--set KEY=VALUE` (parsed and type-checked later, by config.split_overrides)."""
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """--help with each option's default, where it has one worth showing (not for flags, empty lists or None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or default is None
+            or isinstance(default, bool)
+            or default == argparse.SUPPRESS
+            or (isinstance(default, (list, tuple)) and not default)
+            or not action.option_strings
+        ):
+            return text
+        if isinstance(default, (list, tuple)):  # as it is typed: comma-separated
+            shown = ",".join(map(str, default)).replace("%", "%%")
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})"

@@ -12,8 +12,9 @@ import sys
 import threading
 from pathlib import Path
 
-from peftbench.errors import UsageError
-from peftbench.harness.args import add_set_option, int_list, names
+from peftbench import __version__
+from peftbench.errors import RunFailed, UsageError
+from peftbench.harness.args import DefaultsFormatter, add_set_option, int_list, names
 
 log = logging.getLogger("peftbench")
 
@@ -44,6 +45,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results", type=Path, help="results directory (records go to runs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
+        "--log-to",
+        type=names,
+        default=(),
+        metavar="TRACKER",
+        help="also stream training curves to this tracker: tensorboard (events beside each record, in "
+        "<hash>.tensorboard/; needs pip install 'peftbench[tensorboard]')",
+    )
+    p.add_argument(
         "--device",
         default="auto",
         help="auto (the first GPU, else the CPU) | cpu | cuda | cuda:N; with --jobs N and several GPUs, one each",
@@ -51,17 +60,26 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peftbench", description="Benchmark PEFT methods at fixed budgets.")
+    parser = argparse.ArgumentParser(
+        prog="peftbench", description="Benchmark PEFT methods at fixed budgets.", formatter_class=DefaultsFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="methods and tasks in the registry")
+    p = sub.add_parser("list", help="methods and tasks in the registry")
+    p.add_argument(
+        "--settings", metavar="METHOD", default=None, help="the --set keys of METHOD and of training, with types, "
+        "defaults and help",
+    )  # fmt: skip
 
     p = sub.add_parser("run", help="train and evaluate one configuration")
-    p.add_argument("--task")
-    p.add_argument("--method")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--budget", default=None, help="adapter parameter budget: 0.3M, 150K, 0.5%%")
+    p.add_argument("--task", help="a task name (peftbench list)")
+    p.add_argument("--method", help="a method name (peftbench list)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (data order, initialisation)")
+    p.add_argument(
+        "--budget", default=None, help="adapter parameter budget: 0.3M, 150K, 0.5%% (none: the method's defaults)"
+    )
     p.add_argument("--resolved", default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--save-adapter",
@@ -71,10 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("sweep", help="run a grid of tasks x methods x budgets x seeds, then print the leaderboard")
-    p.add_argument("--tasks", type=names, required=True)
-    p.add_argument("--methods", type=names, required=True)
-    p.add_argument("--budgets", type=names, default=[], help="e.g. 0.3M,1.2M,0.5%%")
-    p.add_argument("--seeds", type=int_list, default=[0])
+    p.add_argument("--tasks", type=names, required=True, help="comma-separated task names")
+    p.add_argument("--methods", type=names, required=True, help="comma-separated method names")
+    p.add_argument("--budgets", type=names, default=(), help="e.g. 0.3M,1.2M,0.5%% (none: each method's defaults)")
+    p.add_argument("--seeds", type=int_list, default=(0,), help="comma-separated seeds")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (local executor)")
     p.add_argument(
         "--executor",
@@ -83,19 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="local: one process per run; inline: in this process; ray: tasks on a Ray cluster",
     )
     p.add_argument("--address", default=None, help="Ray cluster address (default: start or join a local one)")
-    p.add_argument("--cpus-per-run", type=float, default=1.0)
-    p.add_argument("--gpus-per-run", type=float, default=0.0)
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each Ray task asks for")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--save-adapter", action="store_true", help=SAVE_ADAPTER_HELP + " (runs this sweep trains)")
-    p.add_argument("--no-leaderboard", action="store_true")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not print the leaderboard at the end")
     _common(p)
 
     p = sub.add_parser("leaderboard", help="aggregate run records into tables")
-    p.add_argument("--results", default="results", type=Path)
-    p.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"])
+    p.add_argument("--results", default="results", type=Path, help="results directory (records in runs/)")
+    p.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"], help="table format")
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
-    p.add_argument("--tasks", type=names, default=None)
-    p.add_argument("--methods", type=names, default=None)
+    p.add_argument("--tasks", type=names, default=None, help="only these tasks (comma-separated)")
+    p.add_argument("--methods", type=names, default=None, help="only these methods (comma-separated)")
     p.add_argument("--profiles", type=names, default=None, help="only records made with these profiles")
 
     for module in SUBCOMMAND_MODULES:
@@ -107,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.add_subcommand(sub)
-
+    for p in sub.choices.values():  # every subcommand's --help shows its defaults, plugins' included
+        p.formatter_class = DefaultsFormatter
     return parser
 
 
@@ -123,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(e, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -131,11 +153,21 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_list(args) -> int:
     from peftbench import registry
 
+    if args.settings:
+        from peftbench.harness.settings import settings_text
+
+        print(settings_text(args.settings))
+        return 0
     print("methods:")
-    for name in registry.adapters.names():
-        cls = registry.adapters.get(name)
-        doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip()
-        print(f"  {name:10s} {doc.splitlines()[0] if doc else ''}")
+    found, missing = registry.adapters.loadable()
+    width = max(10, *map(len, found))
+    for name, cls in found.items():
+        doc = (cls.summary or sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip()
+        print(f"  {name:{width}s} {doc.splitlines()[0] if doc else ''}")
+    # Methods whose optional dependency is missing: one line per reason, saying how to get them.
+    for why in dict.fromkeys(missing.values()):
+        names = [n for n, w in missing.items() if w == why]
+        print(f"  ({', '.join(names) if len(names) < 4 else f'{len(names)} more methods'}: {why})")
     print("tasks:")
     for name in registry.tasks.names():
         t = registry.tasks.get(name)
@@ -143,22 +175,26 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from peftbench.harness.run.data import check_local_data
-    from peftbench.harness.run.devices import parse_device, refuse_multiprocess
-    from peftbench.harness.run.plan import RunRequest, load_resolved, resolve
-    from peftbench.harness.run.runner import execute
-    from peftbench.records import lock_holder, record_path, release_lock, try_lock
+def _log_to(args) -> tuple[str, ...]:
+    return tuple(args.log_to or ())
 
-    refuse_multiprocess()
-    parse_device(args.device)  # a GPU asked for on a machine without one fails here, before anything is written
+
+def cmd_run(args) -> int:
+    from peftbench.harness import api
+    from peftbench.harness.run.plan import RunRequest
+
     if args.resolved:
+        # A sweep's child: the config was checked when the sweep planned it, and the sweep holds its lock.
+        from peftbench.harness.run.devices import parse_device, refuse_multiprocess
+        from peftbench.harness.run.plan import load_resolved
+
+        refuse_multiprocess()
+        parse_device(args.device)
         cfg = load_resolved(args.resolved)
     else:
         if not args.task or not args.method:
             raise UsageError("run needs --task and --method (see `peftbench list`)")
-        _check_scoped_sets(args.sets, (args.method,))
-        cfg = resolve(
+        cfg = api.prepare_run(
             RunRequest(
                 task=args.task,
                 method=args.method,
@@ -169,33 +205,18 @@ def cmd_run(args) -> int:
                 sets=tuple(args.sets),
                 profile=args.profile,
                 device=args.device,
-            )
+            ),
+            _log_to(args),
         )
-    # A sweep's child (--resolved) inherits the sweep's lock on this config; a run started by hand takes its own.
-    lock = None
-    if not args.resolved:
-        check_local_data(cfg.task, cfg.data)  # bad rows fail here, before the lock file is created
-        path = record_path(args.results, cfg.task, cfg.method, cfg.config_hash)
-        lock = try_lock(path)
-        if lock is None:
-            raise UsageError(
-                f"another peftbench process (pid {lock_holder(path)}) is running this config into {args.results}; "
-                f"wait for it to finish"
-            )
-    try:
-        rec = execute(
-            cfg,
-            args.results,
-            progress=not args.quiet and sys.stderr.isatty(),
-            save_adapter=args.save_adapter,
-            device=args.device,
-        )
-    finally:
-        if lock is not None:
-            release_lock(lock)
-    if not rec.ok:
-        print(f"run failed: {rec.error} (record: {rec.path})", file=sys.stderr)
-        return 1
+    rec = api.execute_run(
+        cfg,
+        args.results,
+        locked_by_caller=bool(args.resolved),
+        progress=not args.quiet and sys.stderr.isatty(),
+        save_adapter=args.save_adapter,
+        device=args.device,
+        log_to=_log_to(args),
+    )
     m, p = rec.metrics, rec.params
     print(
         f"{cfg.task}/{cfg.method} seed {cfg.seed}: {m.primary_name} = {m.primary:.4f}; "
@@ -207,53 +228,41 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from peftbench.harness.run.devices import assign_gpus, parse_device, refuse_multiprocess
-    from peftbench.harness.sweep.driver import expand, plan, run_sweep
+    from peftbench.harness import api
     from peftbench.records import load_record
 
-    if args.jobs < 1:
-        raise UsageError(f"--jobs must be 1 or more, got {args.jobs}")
-    refuse_multiprocess()
-    parse_device(args.device)
-    for flag, values in (("--tasks", args.tasks), ("--methods", args.methods), ("--seeds", args.seeds)):
-        if not values:
-            raise UsageError(f"{flag} is empty; give a comma-separated list (see `peftbench list`)")
-    _check_scoped_sets(args.sets, args.methods)
-    requests = expand(
+    planned = api.prepare_sweep(
         args.tasks,
         args.methods,
         args.budgets,
         args.seeds,
+        results=args.results,
+        jobs=args.jobs,
+        log_to=_log_to(args),
         model=args.model,
         data=args.data,
         sets=tuple(args.sets),
         profile=args.profile,
         device=args.device,
     )
-    planned = plan(requests, args.results)
     if args.dry_run:
         print(_plan_table(planned))
         return 0
-    from peftbench.harness.run.plan import budget_mismatches
-
-    for line in budget_mismatches([p.config for p in planned]):
-        log.warning("budget not matched within 5%%: %s", line)
-    todo = sum(not p.done for p in planned)
-    log.info("sweep: %d configs, %d to run, %d already done", len(planned), todo, len(planned) - todo)
     # `kill <pid>` (a scheduler's stop) ends the sweep like Ctrl-C: its runs are stopped, not orphaned.
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
     try:
-        outcome = run_sweep(
+        outcome = api.run_planned(
             planned,
             args.results,
             jobs=args.jobs,
             executor=args.executor,
             progress=not args.quiet and sys.stderr.isatty(),
-            ray_address=args.address,
-            ray_resources={"num_cpus": args.cpus_per_run, "num_gpus": args.gpus_per_run},
             device=args.device,
-            gpu_envs=assign_gpus(args.jobs, args.device) if args.executor == "local" else None,
+            address=args.address,
+            cpus_per_run=args.cpus_per_run,
+            gpus_per_run=args.gpus_per_run,
+            log_to=_log_to(args),
             save_adapter=args.save_adapter,
         )
     except KeyboardInterrupt:
@@ -275,19 +284,6 @@ def cmd_sweep(args) -> int:
             print(f"  {f}", file=sys.stderr)
         return 1
     return 0
-
-
-def _check_scoped_sets(sets: list[str], methods) -> None:
-    """A `--set METHOD.key=value` for a method this command does not run would change nothing: say so."""
-    from peftbench.config import check_method_scope, scoped_method
-
-    for item in sets:
-        scope = scoped_method(item)
-        if scope is not None and scope not in methods:
-            check_method_scope(scope, item)  # a typo gets the list of method names
-            raise UsageError(
-                f"--set {item} is for method {scope!r}, which this command does not run ({', '.join(methods)})"
-            )
 
 
 def _plan_table(planned) -> str:

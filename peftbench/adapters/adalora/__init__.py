@@ -182,6 +182,15 @@ class AdaLoraAdapter(Adapter):
             self._param_curve.append([step, self.allocator.retained_params])
         self._current_step = step + 1
 
+    def step_scalars(self) -> dict[str, float]:
+        if self.allocator is None:
+            return {}
+        return {
+            "budget": float(self.allocator.last_budget),
+            "retained_triplets": float(self.allocator.retained_triplets),
+            "retained_params": float(self.allocator.retained_params),
+        }
+
     def merge(self, model: nn.Module) -> nn.Module:
         if self.allocator is not None and self.allocator.finalised:
             # The final pattern is fixed: make sure no optimizer step left a pruned value non-zero.

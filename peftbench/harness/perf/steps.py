@@ -142,7 +142,7 @@ def build_methods(
         # Each adapter parameter takes part in one multiply-add per token in forward (LoRA: r (d_in + d_out)).
         flops = 0 if trains_base else 2 * report.adapter
         step = _step(model, adapter, cls.default_lr, accelerator)
-        runs.append(MethodRun(name, name, "native", model, step, storage_bytes(model), flops, trains_base))
+        runs.append(MethodRun(name, name, cls.implementation, model, step, storage_bytes(model), flops, trains_base))
         twin = cls.peft_twin(config, target, "SEQ_CLS", TOTAL_STEPS) if with_peft else None
         if twin is not None:
             import peft

@@ -18,11 +18,13 @@ from peftbench.records import Params, Perf, RunRecord, iter_records
 GROUP = ["task", "method", "budget", "profile", "variant"]
 
 
-def _row(rec: RunRecord) -> dict:
+def record_row(rec: RunRecord) -> dict:
+    """One run as a row: what tables, plots and `peftbench.sweep` show of it."""
     cfg, params, perf, metrics = rec.config, rec.params or _NO_PARAMS, rec.perf or Perf(), rec.metrics
     row = {
         "task": cfg.task,
         "method": cfg.method,
+        "implementation": rec.implementation,
         "budget": rec.budget_spec,
         "budget_requested": cfg.budget_requested,
         "seed": cfg.seed,
@@ -90,13 +92,23 @@ _NO_PARAMS = Params(None, None, None, None)  # type: ignore[arg-type]  # a faile
 
 
 def runs_frame(results: Path, include_failed: bool = True) -> pd.DataFrame:
-    rows = [_row(r.record) for r in iter_records(results) if r.record is not None]
+    rows = [record_row(r.record) for r in iter_records(results) if r.record is not None]
     df = pd.DataFrame(rows)
     if df.empty:
         return df
     if not include_failed:
         df = df[df["status"] == "ok"]
     return df.reset_index(drop=True)
+
+
+NATIVE = "native"
+
+
+def implementation(row) -> str:
+    """Whose code ran a summary or run row ('native' or 'peft', Adapter.implementation as recorded); rows of records
+    made before the field existed, and frames without the column, are native."""
+    v = row.get("implementation")
+    return v if isinstance(v, str) and v else NATIVE
 
 
 def count_label(n, m_decimals: int = 3) -> str:
@@ -155,6 +167,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             sorted((int(r["seed"]), float(r["primary"]), r["record"]) for _, r in good.iterrows() if r["record"])
         )
         row["settings"] = g["settings"].iloc[0]
+        row["implementation"] = g["implementation"].iloc[0]
         row["method_note"] = g["method_note"].iloc[0]
         kinds = sorted({k for k in good.get("peak_memory_kind", pd.Series(dtype=object)).dropna() if k})
         row["peak_memory_kind"] = ",".join(kinds)

@@ -7,6 +7,7 @@ import logging
 import math
 from collections.abc import Sequence
 
+from peftbench.harness.report.aggregate import NATIVE, implementation
 from peftbench.harness.report.formats import Cell, Row, Table, to_csv
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,10 @@ def leaderboard_csv(judged: Sequence) -> str:
         {k[len("metric.") : -len(".mean")] for j in judged for r in j.rows for k in r.index
          if k.startswith("metric.") and k.endswith(".mean")}
     )  # fmt: skip
+    # As the rendered tables: an implementation column only when some row did not run native code.
+    show_impl = any(implementation(r) != NATIVE for j in judged for r in j.rows)
     headers = HEADERS + tuple(f"{m} {s}" for m in metric_names for s in ("mean", "std"))
+    headers += ("implementation",) if show_impl else ()
     rows = []
     for j in judged:
         base = j.evidence.baseline if j.evidence is not None else None
@@ -56,6 +60,7 @@ def leaderboard_csv(judged: Sequence) -> str:
             ]  # fmt: skip
             for m in metric_names:
                 values += [_f(r.get(f"metric.{m}.mean")), _f(r.get(f"metric.{m}.std"))]
+            values += [implementation(r)] if show_impl else []
             rows.append(Row(tuple(Cell(str(v), v) for v in values)))
     return to_csv(Table("", headers, tuple(rows)))
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from peftbench.errors import UsageError
-from peftbench.harness.report.aggregate import count_label, metric_scale
+from peftbench.harness.report.aggregate import NATIVE, count_label, implementation, metric_scale
 from peftbench.harness.report.baselines import MSE, Baseline
 from peftbench.harness.report.claims import TableClaims, judge_table
 from peftbench.harness.report.evidence import RowRuns, TableEvidence, load_table
@@ -42,6 +42,7 @@ MEMORY_KINDS = {
     "(torch.cuda.max_memory_allocated; the process's host memory is not included)",
 }
 VARIANT_NOTE = "variant: the settings in which runs of one method differ; runs of different variants never pool"
+IMPLEMENTATION_NOTE = "implementation: whose layers ran the method, peftbench's own (native) or peft's tuners (peft)"
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,12 @@ def task_table(j: Judged) -> Table:
     )
     notes = sorted({r["method_note"] for r in j.rows if r.get("method_note")})
     note_marks = tuple(Mark(f"method_note_{i}", "§" * (i + 1), n) for i, n in enumerate(notes))
-    headers = ["method", "budget", f"{primary} (primary)", "n", *others, "adapter params"]
+    # Whose code ran each row, shown only where a table holds a non-native row, so native-only tables (and the
+    # renderings committed from them) stay as they were.
+    impls = [implementation(r) for r in j.rows]
+    show_impl = any(i != NATIVE for i in impls)
+    headers = ["method", *(["implementation"] if show_impl else []), "budget", f"{primary} (primary)", "n", *others]
+    headers += ["adapter params"]
     headers += ["peak adapter params"] if show_peak else []
     headers += ["trainable", "samples/s", "peak MiB"]
     table_rows = []
@@ -180,6 +186,7 @@ def task_table(j: Judged) -> Table:
         note = (f"method_note_{notes.index(r['method_note'])}",) if r.get("method_note") else ()
         cells = [
             Cell(r["method"]),
+            *([Cell(impls[i])] if show_impl else []),
             Cell(r["budget"]),
             Cell(_pm(r.get("primary.mean"), r.get("primary.std"), scale), _num(r.get("primary.mean")), bold, marks),
             Cell(f"{n} ({failed} failed)" if failed else str(n), n),
@@ -205,7 +212,7 @@ def task_table(j: Judged) -> Table:
         table_rows.append(Row(tuple(cells), j.variants[i]))
     baseline = j.evidence.baseline if j.evidence is not None else None
     if baseline is not None and baseline.available:
-        table_rows.append(_baseline_row(baseline, spec, primary, others, scale, len(headers)))
+        table_rows.append(_baseline_row(baseline, spec, primary, others, scale, len(headers), show_impl))
     legend = [READING]
     if j.claims is not None:
         legend += j.claims.legend(scale, " points")
@@ -220,13 +227,17 @@ def task_table(j: Judged) -> Table:
         legend.append("peak MiB: " + "; ".join(f"{MEMORY_KINDS.get(k, k)}" for k in kinds))
     if any(v for v in j.variants):
         legend.append(VARIANT_NOTE)
+    if show_impl:
+        legend.append(IMPLEMENTATION_NOTE)
     if j.evidence is not None:
         legend += list(j.evidence.notes)
     marks = (j.claims.mark_defs if j.claims else ()) + note_marks
     return Table(j.title, tuple(headers), tuple(table_rows), tuple(legend), marks)
 
 
-def _baseline_row(b: Baseline, spec, primary: str, others: list[str], scale: float, width: int) -> Row:
+def _baseline_row(
+    b: Baseline, spec, primary: str, others: list[str], scale: float, width: int, impl: bool = False
+) -> Row:
     def value(m: str) -> Cell:
         v = _num(b.metrics.get(m))
         if v is None:
@@ -235,6 +246,7 @@ def _baseline_row(b: Baseline, spec, primary: str, others: list[str], scale: flo
 
     cells = [
         Cell(f"{TRIVIAL}: {b.name}"),
+        *([Cell("-")] if impl else []),
         Cell(NO_BUDGET),
         value(primary),
         Cell("-", math.nan),

@@ -143,10 +143,7 @@ def _load_hub(task: TaskSpec, split: str) -> list[dict]:
     try:
         ds = datasets.load_dataset(task.hub_path, task.hub_config, split=split)
     except Exception as e:  # the hub client raises many types; all mean the same to the user
-        raise UsageError(
-            f"could not load {task.hub_path} {task.hub_config or ''} split {split} from the hub "
-            f"({type(e).__name__}); without internet use --data sample or --data DIR"
-        ) from None
+        raise UsageError(_hub_message(task, split, e)) from None
     return check_rows(task, list(enumerate(ds.to_list(), 1)), f"{task.hub_path}/{task.hub_config}/{split}")
 
 
@@ -235,14 +232,43 @@ def featurize_cached(
     return feats
 
 
-def check_local_data(task_name: str, source: str) -> None:
-    """Every row of every split a task reads, checked now: a bad row in a local directory fails the sweep
-    before anything trains, named by file and line, instead of failing each run in turn."""
-    if source in ("sample", "hub"):  # bundled rows are checked by the test suite; the hub needs the network
-        return
+def check_data(task_name: str, source: str) -> None:
+    """What a task reads, checked before anything trains or is written (a run takes its lock file only after
+    this): every row of a local directory, named by file and line on a bad one, and for `hub` that the dataset
+    can be had at all (online, or from the local cache when offline), so an offline hub run fails at once."""
     from peftbench import registry
 
+    if source == "sample":  # bundled rows are checked by the test suite
+        return
     task = registry.tasks.get(task_name)
+    if source == "hub":
+        _check_hub(task)
+        return
     for split in splits_needed(task):
         path = split_file(task, source, split)
         check_rows(task, read_jsonl(path), str(path))
+
+
+def _check_hub(task: TaskSpec) -> None:
+    import datasets
+
+    try:
+        # The builder only: its metadata (or the cached copy offline), no rows downloaded or read.
+        builder = datasets.load_dataset_builder(task.hub_path, task.hub_config)
+    except Exception as e:  # the hub client raises many types; all mean the same to the user
+        raise UsageError(_hub_message(task, "", e)) from None
+    known = set((builder.info.splits or {}).keys())
+    missing = [s for s in splits_needed(task) if known and s not in known]
+    if missing:
+        raise UsageError(
+            f"{task.hub_path} {task.hub_config or ''} has no split {', '.join(missing)} "
+            f"(it has {', '.join(sorted(known))})"
+        )
+
+
+def _hub_message(task: TaskSpec, split: str, e: Exception) -> str:
+    where = f" split {split}" if split else ""
+    return (
+        f"could not load {task.hub_path} {task.hub_config or ''}{where} from the hub ({type(e).__name__}); "
+        f"without internet use --data sample or --data DIR"
+    )

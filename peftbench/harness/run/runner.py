@@ -19,6 +19,7 @@ from peftbench.harness.run.export import save_adapter as save_adapter_files
 from peftbench.harness.run.measure import environment
 from peftbench.harness.run.plan import method_config_of
 from peftbench.harness.run.precision import PrecisionChoice, choose_precision
+from peftbench.harness.run.trackers import open_trackers
 from peftbench.harness.run.train import TrainContext, plan_steps, train
 from peftbench.records import (
     DataInfo,
@@ -27,6 +28,7 @@ from peftbench.records import (
     atomic_write_text,
     predictions_path,
     record_path,
+    tracker_dir,
     write_record,
 )
 
@@ -64,11 +66,17 @@ def _precision(requested: str, device) -> PrecisionChoice:
 
 
 def execute(
-    cfg: RunConfig, results: Path, progress: bool = True, save_adapter: bool = False, device: str = "auto"
+    cfg: RunConfig,
+    results: Path,
+    progress: bool = True,
+    save_adapter: bool = False,
+    device: str = "auto",
+    log_to: tuple[str, ...] = (),
 ) -> RunRecord:
     """Train and evaluate one config, write its record atomically and return it. With `save_adapter`, the
     trained adapter and head go beside the record: `<hash>.adapter/` in peft's format for the methods peft loads
-    (LoRA, DoRA, AdaLoRA), else `<hash>.adapter.safetensors` (see harness.run.export).
+    (LoRA, DoRA, AdaLoRA), else `<hash>.adapter.safetensors` (see harness.run.export); with `log_to`
+    (trackers.TRACKERS), live curves go beside it too, in `<hash>.<tracker>/`.
 
     Bad input raises UsageError before anything is written. A failure during training (divergence, a bug in a
     plugin, out of memory) is written as a failed record and returned. The record says ok only once the files
@@ -108,9 +116,10 @@ def execute(
     precision = _precision(t.precision, dev)
 
     data = DataInfo(cfg.data, cfg.data_hash, len(train_rows), {s: len(r) for s, (r, _) in eval_rows.items()})
-    record = RunRecord.start(cfg, data, task.primary_metric, total_steps)
+    record = RunRecord.start(cfg, data, task.primary_metric, total_steps, adapter_cls.implementation)
     env: dict = {}
     adapter = None
+    trackers = None
     try:
         _seed_everything(cfg.seed)
         accelerator = make_accelerator(dev, precision)
@@ -126,12 +135,14 @@ def execute(
             # Frozen weights once in the autocast dtype, not cast again at every step; trainable ones stay fp32.
             store_frozen_as(model, torch.bfloat16 if precision.precision == "bf16" else torch.float16)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        trackers = open_trackers(log_to, {name: tracker_dir(path, name) for name in log_to})
         log.debug("%s: training starts, %d steps", record.run_id, total_steps)
         result = train(
             TrainContext(
-                task, model, adapter, train_feats, eval_sets, t, total_steps, cfg.seed, pad_id, accelerator, progress
+                task, model, adapter, train_feats, eval_sets, t, total_steps, cfg.seed, pad_id, accelerator, progress,
+                trackers,
             )
-        )
+        )  # fmt: skip
         params = Params(**dataclasses.asdict(adapter.param_report(model)))
         adapter_file = save_adapter_files(adapter, model, path, cfg).name if save_adapter else None
         _write_predictions(path, result.scored)
@@ -151,6 +162,9 @@ def execute(
             except Exception:  # noqa: BLE001 - diagnostics of a broken adapter are best effort
                 pass
         record = record.fail(f"{type(e).__name__}: {e}", traceback.format_exc(limit=8), diagnostics)
+    finally:
+        if trackers is not None:
+            trackers.close()
     env.setdefault("torch_threads", torch.get_num_threads())
     record = dataclasses.replace(record, env=env)
     write_record(path, record)

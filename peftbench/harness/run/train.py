@@ -150,6 +150,8 @@ class TrainContext:
     pad_id: int
     accelerator: Any
     progress: bool = True
+    # Live curves (trackers.RunTrackers); None or empty: nothing is logged beyond the record.
+    trackers: Any = None
 
 
 @dataclass
@@ -246,6 +248,7 @@ def train(ctx: TrainContext) -> TrainResult:
             examples += len(idx)
             tokens += int(batch["attention_mask"].sum())
             batches.append(batch)
+        lr = optimizer.param_groups[0]["lr"]  # this step's: the scheduler moves it on inside step_fn
         task_sum, extra_sum = step_fn(batches, step)
         step_times.append(time.perf_counter() - t0)
         if step % log_every == 0 or step == total_steps - 1:
@@ -255,6 +258,10 @@ def train(ctx: TrainContext) -> TrainResult:
             if not math.isfinite(task_loss) or not math.isfinite(extra):
                 raise TrainingDiverged(step, f"loss is {task_loss} (extra loss {extra})")
             loss_history.append([step, round(task_loss, 6), round(extra, 6)])
+            if ctx.trackers:
+                scalars = {"train/loss": task_loss, "train/extra_loss": extra, "train/lr": lr}
+                scalars.update({f"adapter/{k}": float(v) for k, v in ctx.adapter.step_scalars().items()})
+                ctx.trackers.log(scalars, step)
             if bar is not None:
                 elapsed = time.perf_counter() - t_start
                 bar.set_postfix(loss=f"{task_loss:.4f}", samples_s=f"{examples / max(elapsed, 1e-9):.1f}")
@@ -263,12 +270,14 @@ def train(ctx: TrainContext) -> TrainResult:
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
             m, _ = evaluate(ctx.task, model, ctx.eval_sets, cfg, ctx.pad_id, device, accelerator.autocast)
             eval_history.append({"step": step + 1, **m})
+            _log_eval(ctx.trackers, m, step + 1)
     train_seconds = time.perf_counter() - t_start
     train_cpu_seconds = time.process_time() - cpu_start
     if bar is not None:
         bar.close()
     metrics, scored = evaluate(ctx.task, model, ctx.eval_sets, cfg, ctx.pad_id, device, accelerator.autocast)
     eval_history.append({"step": total_steps, **metrics})
+    _log_eval(ctx.trackers, metrics, total_steps)
     perf = Perf(
         train_seconds=round(train_seconds, 3),
         train_cpu_seconds=round(train_cpu_seconds, 3),
@@ -281,6 +290,12 @@ def train(ctx: TrainContext) -> TrainResult:
         train_tokens=tokens,
     )
     return TrainResult(metrics, scored, eval_history, loss_history, perf, total_steps)
+
+
+def _log_eval(trackers, metrics: dict[str, float], step: int) -> None:
+    # Steps as in the record: an evaluation after k optimizer steps is at step k, a training step at its index.
+    if trackers:
+        trackers.log({f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step)
 
 
 def _progress(total: int, enabled: bool):

@@ -20,7 +20,7 @@ from typing import Any
 from peftbench import registry
 from peftbench.config import RunConfig, parse_budget
 from peftbench.errors import UsageError
-from peftbench.harness.run.data import check_local_data
+from peftbench.harness.run.data import check_data
 from peftbench.harness.run.plan import RunRequest, resolve
 from peftbench.harness.sweep.executors import EnvSlots, Executor, InlineExecutor, LocalExecutor
 from peftbench.records import load_record, lock_holder, record_path, release_lock, set_aside, try_lock
@@ -77,7 +77,7 @@ def plan(requests: list[RunRequest], results: Path) -> list[PlannedRun]:
     for req in requests:
         cfg = resolve(req)
         if (cfg.task, cfg.data) not in checked:
-            check_local_data(cfg.task, cfg.data)
+            check_data(cfg.task, cfg.data)
             checked.add((cfg.task, cfg.data))
         if cfg.config_hash in seen:
             continue
@@ -290,14 +290,15 @@ def _executor(
     device: str | None,
     gpu_envs: list | None,
     save_adapter: bool = False,
+    log_to: tuple[str, ...] = (),
 ) -> Executor:
     if name == "ray":
         from peftbench.harness.sweep.ray_executor import RayExecutor
 
-        return RayExecutor(ray_address, ray_resources or {}, save_adapter)
+        return RayExecutor(ray_address, ray_resources or {}, save_adapter, log_to)
     if name == "inline":
-        return InlineExecutor(device or "auto", save_adapter)
-    return LocalExecutor(EnvSlots(gpu_envs) if gpu_envs else None, device, save_adapter)
+        return InlineExecutor(device or "auto", save_adapter, log_to)
+    return LocalExecutor(EnvSlots(gpu_envs) if gpu_envs else None, device, save_adapter, log_to)
 
 
 def run_sweep(
@@ -312,6 +313,7 @@ def run_sweep(
     device: str | None = None,
     gpu_envs: list[dict[str, str]] | None = None,
     save_adapter: bool = False,
+    log_to: tuple[str, ...] = (),
 ) -> SweepOutcome:
     """Run what is not done. On Ctrl-C (KeyboardInterrupt) the running children are stopped, no record is
     written for them, and the KeyboardInterrupt propagates; rerunning the same sweep finishes the rest.
@@ -320,7 +322,7 @@ def run_sweep(
     outcome = SweepOutcome(skipped=len(planned) - len(todo))
     if not todo:
         return outcome
-    runner = _executor(executor, ray_address, ray_resources, device, gpu_envs, save_adapter)
+    runner = _executor(executor, ray_address, ray_resources, device, gpu_envs, save_adapter, log_to)
     sweep = _Sweep(results, runner, runner.slots(jobs), _Progress(len(todo), progress))
     start = time.perf_counter()
     try:

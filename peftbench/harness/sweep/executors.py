@@ -47,9 +47,13 @@ def resolved_file(config_json: str) -> Iterator[str]:
         Path(f.name).unlink(missing_ok=True)
 
 
-def run_command(cfg_file: str, results: str, quiet: bool, save_adapter: bool = False) -> list[str]:
+def run_command(
+    cfg_file: str, results: str, quiet: bool, save_adapter: bool = False, log_to: tuple[str, ...] = ()
+) -> list[str]:
     """The child process every out-of-process executor starts for one run."""
     cmd = [sys.executable, "-m", "peftbench", "run", "--resolved", cfg_file, "--results", results]
+    if log_to:
+        cmd += ["--log-to", ",".join(log_to)]
     return cmd + ["--quiet"] * quiet + ["--save-adapter"] * save_adapter
 
 
@@ -140,6 +144,7 @@ def run_in_subprocess(
     slots: EnvSlots | None = None,
     device: str | None = None,
     save_adapter: bool = False,
+    log_to: tuple[str, ...] = (),
 ) -> int:
     """One run in a fresh interpreter: a crash or out-of-memory kills that run only, and its peak memory is
     its own. The child inherits the config's lock, so the config stays locked while it lives. It gets its own
@@ -149,8 +154,8 @@ def run_in_subprocess(
         if device is not None and device.startswith("cuda"):
             device = "cuda"  # the slot's CUDA_VISIBLE_DEVICES shows the child its one GPU as cuda:0
         with slots.hold() as extra:
-            return _run_child(cfg, results, quiet, jobs, lock_fd, children, extra, device, save_adapter)
-    return _run_child(cfg, results, quiet, jobs, lock_fd, children, None, device, save_adapter)
+            return _run_child(cfg, results, quiet, jobs, lock_fd, children, extra, device, save_adapter, log_to)
+    return _run_child(cfg, results, quiet, jobs, lock_fd, children, None, device, save_adapter, log_to)
 
 
 def _run_child(
@@ -163,9 +168,10 @@ def _run_child(
     extra: dict[str, str] | None,
     device: str | None,
     save_adapter: bool = False,
+    log_to: tuple[str, ...] = (),
 ) -> int:
     with resolved_file(canonical_json(cfg)) as cfg_file:
-        cmd = run_command(cfg_file, str(results), quiet, save_adapter)
+        cmd = run_command(cfg_file, str(results), quiet, save_adapter, log_to)
         if device is not None:
             cmd += ["--device", device]
         kw = dict(env=child_env(jobs, extra), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
@@ -184,12 +190,17 @@ class LocalExecutor:
     """A fresh interpreter per run, `jobs` at once; with GPU slots (devices.assign_gpus), one run per GPU."""
 
     def __init__(
-        self, env_slots: EnvSlots | None = None, device: str | None = None, save_adapter: bool = False
+        self,
+        env_slots: EnvSlots | None = None,
+        device: str | None = None,
+        save_adapter: bool = False,
+        log_to: tuple[str, ...] = (),
     ) -> None:
         self.children = Children()
         self.env_slots = env_slots
         self.device = device
         self.save_adapter = save_adapter
+        self.log_to = log_to
 
     def slots(self, jobs: int) -> int:
         return self.env_slots.size if self.env_slots is not None else max(1, jobs)
@@ -197,7 +208,7 @@ class LocalExecutor:
     def run(self, cfg: RunConfig, results: Path, quiet: bool, jobs: int, lock_fd: int) -> int:
         return run_in_subprocess(
             cfg, results, quiet, jobs=jobs, lock_fd=lock_fd, children=self.children, slots=self.env_slots,
-            device=self.device, save_adapter=self.save_adapter,
+            device=self.device, save_adapter=self.save_adapter, log_to=self.log_to,
         )  # fmt: skip
 
     def stop(self) -> None:
@@ -210,9 +221,10 @@ class LocalExecutor:
 class InlineExecutor:
     """In this process, one run at a time (for debugging, and where a child process cannot start)."""
 
-    def __init__(self, device: str = "auto", save_adapter: bool = False) -> None:
+    def __init__(self, device: str = "auto", save_adapter: bool = False, log_to: tuple[str, ...] = ()) -> None:
         self.device = device
         self.save_adapter = save_adapter
+        self.log_to = log_to
 
     def slots(self, jobs: int) -> int:
         if jobs > 1:
@@ -223,7 +235,9 @@ class InlineExecutor:
     def run(self, cfg: RunConfig, results: Path, quiet: bool, jobs: int, lock_fd: int) -> int:
         from peftbench.harness.run.runner import execute
 
-        rec = execute(cfg, results, progress=not quiet, save_adapter=self.save_adapter, device=self.device)
+        rec = execute(
+            cfg, results, progress=not quiet, save_adapter=self.save_adapter, device=self.device, log_to=self.log_to
+        )
         return 0 if rec.ok else 1
 
     def stop(self) -> None:

@@ -64,7 +64,10 @@ def _forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES)}
 
 
-def _run_one(config_json: str, results: str, cwd: str, env: dict[str, str], save_adapter: bool = False) -> int:
+def _run_one(
+    config_json: str, results: str, cwd: str, env: dict[str, str], save_adapter: bool = False,
+    log_to: tuple[str, ...] = (),
+) -> int:
     """Body of the Ray task (runs on a worker): one `peftbench run` in a child process; its exit code."""
     import ray
 
@@ -78,7 +81,7 @@ def _run_one(config_json: str, results: str, cwd: str, env: dict[str, str], save
     with resolved_file(config_json) as cfg_file:
         # The driver's directory, so relative --data paths mean the same thing (when this node has it).
         workdir = cwd if Path(cwd).is_dir() else None
-        cmd = run_command(cfg_file, results, True, save_adapter)
+        cmd = run_command(cfg_file, results, True, save_adapter, log_to)
         return subprocess.run(cmd, env=child_env, cwd=workdir).returncode
 
 
@@ -102,7 +105,10 @@ class RayExecutor:
     """Joins the cluster at `address` when given; otherwise starts a local instance sized to this machine. A Ray
     connection this process already has is reused, and only what this executor started is shut down."""
 
-    def __init__(self, address: str | None, resources: dict[str, Any], save_adapter: bool = False) -> None:
+    def __init__(
+        self, address: str | None, resources: dict[str, Any], save_adapter: bool = False,
+        log_to: tuple[str, ...] = (),
+    ) -> None:
         self.save_adapter = save_adapter
         ray = self.ray = _import_ray()
         self.options = task_options(resources)
@@ -125,6 +131,7 @@ class RayExecutor:
             raise
         self.task = ray.remote(_run_one).options(**self.options)
         self.env, self.cwd = _forwarded_env(), os.getcwd()
+        self.log_to = tuple(log_to)
         self.in_flight: set = set()
         self.stopping = threading.Event()
         log.info("ray: each run asks for %s", ", ".join(f"{k}={v}" for k, v in self.options.items()))
@@ -140,7 +147,9 @@ class RayExecutor:
     def run(self, cfg: RunConfig, results: Path, quiet: bool, jobs: int, lock_fd: int) -> int:
         if self.stopping.is_set():
             raise KeyboardInterrupt
-        ref = self.task.remote(canonical_json(cfg), str(Path(results).resolve()), self.cwd, self.env, self.save_adapter)
+        ref = self.task.remote(
+            canonical_json(cfg), str(Path(results).resolve()), self.cwd, self.env, self.save_adapter, self.log_to
+        )
         self.in_flight.add(ref)
         try:
             # Short waits, so a Ctrl-C in the driver is not stuck behind a long run.
