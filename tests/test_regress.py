@@ -118,6 +118,7 @@ def test_builtin_methods_are_the_registered_ones_inside_peftbench():
         metadata.EntryPoint("myplugin", "someone_else.adapters:Plugin", group),
         metadata.EntryPoint("lora", "peftbench.adapters.lora:LoraAdapter", group),  # installed twice
         metadata.EntryPoint("trick", "peftbenchx.mod:Cls", group),
+        metadata.EntryPoint("peft-lora", "peftbench.adapters.peft_backend.methods:PeftLoraAdapter", group),
     ]
     assert builtin_methods(points) == ("lora", "vera")
     assert {"full", "lora", "adalora", "dora"} <= set(builtin_methods())

@@ -75,10 +75,22 @@ class Suite:
 
 
 def builtin_methods(points: Iterable[metadata.EntryPoint] | None = None) -> tuple[str, ...]:
-    """Registered methods implemented inside peftbench; third-party plugins are not ours to gate."""
+    """Registered methods implemented inside peftbench; third-party plugins are not ours to gate, and neither
+    is the peft backend (peft's code, an optional extra)."""
     if points is None:
         points = metadata.entry_points(group=registry.ADAPTER_GROUP)
-    return tuple(sorted({ep.name for ep in points if ep.module.split(".")[0] == "peftbench"}))
+    return tuple(
+        sorted(
+            {
+                ep.name
+                for ep in points
+                if ep.module.split(".")[0] == "peftbench" and not ep.module.startswith(_PEFT_BACKEND)
+            }
+        )
+    )
+
+
+_PEFT_BACKEND = "peftbench.adapters.peft_backend"
 
 
 def allowed_drop(baseline_values: list[float], n_now: int, paired: float | None = None) -> float:
