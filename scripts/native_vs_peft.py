@@ -43,7 +43,8 @@ def main(results: Path) -> str:
         "- tie: the leaderboard's test (the better mean against the other: a paired t-test over seeds and a paired "
         "bootstrap over evaluation examples must both reject at α = 0.05 to separate them)",
         "- step time and peak memory: peft's median optimizer-step time and process peak RSS over native's, same "
-        "machine, same sweep",
+        "machine; a native record reused from an earlier sweep ran under other load, so read the step-time ratio "
+        "with the README beside this file",
         "",
         "| task | method | native | peft | separated? | step time peft/native | peak memory peft/native |",
         "|---|---|---:|---:|---|---:|---:|",
