@@ -102,6 +102,7 @@ def cmd_tune(args) -> int:
         raise UsageError(f"--dev-rows must be 1 or more, got {args.dev_rows}")
     grid = parse_grid(args.grid)
     requests: list[RunRequest] = []
+    owners: list[tuple[str, str, int]] = []  # (task, method, grid point index) of each request
     combos: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for task, method in itertools.product(args.tasks, args.methods):
         registry.tasks.get(task)
@@ -110,7 +111,8 @@ def cmd_tune(args) -> int:
         points = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(g[k] for k in keys))]
         combos[(task, method)] = points
         budgeted = registry.adapters.get(method).budgeted
-        for point, seed in itertools.product(points, args.seeds):
+        for (i, point), seed in itertools.product(enumerate(points), args.seeds):
+            owners.append((task, method, i))
             sets = (f"dev_rows={args.dev_rows}", *args.sets, *(f"{k}={v!r}" for k, v in point.items()))
             requests.append(
                 RunRequest(task=task, method=method, seed=seed, model=args.model, data=args.data,
@@ -118,24 +120,21 @@ def cmd_tune(args) -> int:
                            device=args.device)  # fmt: skip
             )
     planned = plan(requests, args.results)
-    by_request = dict(zip(requests, _expand_planned(requests, planned), strict=True))
+    by_request = dict(enumerate(_expand_planned(requests, planned)))
     outcome = run_sweep(planned, args.results, jobs=args.jobs, progress=not args.quiet and sys.stderr.isatty(),
                         device=args.device)  # fmt: skip
 
     path = args.recipe or recipe_path(args.profile)
     recipe = load_recipe(args.profile, path) or Recipe(args.profile, 1, {}, {}, {}, path)
-    results_points: dict[tuple[str, str], list[GridPoint]] = {}
-    for (task, method), points in combos.items():
-        out = []
-        for point in points:
-            scores = []
-            for req, p in by_request.items():
-                if req.task == task and req.method == method and _same(req.sets, point):
-                    rec = load_record(p.record).record
-                    if rec is not None and rec.status == "ok" and rec.metrics.primary is not None:
-                        scores.append(rec.metrics.primary)
-            out.append(GridPoint(task, method, point, tuple(scores)))
-        results_points[(task, method)] = out
+    scores: dict[tuple[str, str, int], list[float]] = {}
+    for owner, p in zip(owners, by_request.values(), strict=True):
+        rec = load_record(p.record).record
+        if rec is not None and rec.status == "ok" and rec.metrics.primary is not None:
+            scores.setdefault(owner, []).append(rec.metrics.primary)
+    results_points = {
+        (t, m): [GridPoint(t, m, pt, tuple(scores.get((t, m, i), ()))) for i, pt in enumerate(pts)]
+        for (t, m), pts in combos.items()
+    }
     for (task, method), points in results_points.items():
         spec = registry.tasks.get(task)
         winner = best(points, spec.higher_is_better)
@@ -157,10 +156,6 @@ def cmd_tune(args) -> int:
             print(f"  {f}", file=sys.stderr)
         return 1
     return 0
-
-
-def _same(sets: tuple[str, ...], point: dict[str, Any]) -> bool:
-    return all(f"{k}={v!r}" in sets for k, v in point.items())
 
 
 def _expand_planned(requests, planned):
