@@ -275,3 +275,44 @@ def test_training_steps_with_bf16_storage_move_only_adapters(kind):
     moved = [n for n, p in trainable.items() if not torch.equal(params[n], p)]
     assert any(not n.startswith("classifier") for n in moved)
     assert all(params[n].dtype == torch.float32 for n in trainable)
+
+
+def test_head_in_float32_keeps_regression_outputs_apart_under_autocast():
+    """An STS-B head under bf16 autocast: two rows whose scores differ by less than bf16's spacing near 2.7
+    (2^-6) were one value, so a model that had learned a little predicted a constant. With the head in float32
+    they stay apart, the logits are float32, and the value is the float32 head applied to the bf16 features."""
+    from transformers import BertForSequenceClassification
+
+    from peftbench.adapters.base import head_in_float32
+    from tests.conftest import tiny_bert_config
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=1)).eval()
+    model = LoraAdapter(LoraConfig(r=2)).apply(model, ApplyPlan(10, DEFAULT_TARGETS))
+    store_frozen_as(model, BF16)
+    with torch.no_grad():
+        model.classifier.weight.mul_(1e-3)  # outputs within a few thousandths of the bias, as a model near the mean
+        model.classifier.bias.fill_(2.7)
+    ids = torch.randint(5, 90, (8, 12))
+
+    def predict():
+        with torch.no_grad(), autocast():
+            return model(input_ids=ids).logits.squeeze(-1)
+
+    rounded = predict()
+    assert rounded.dtype == BF16 and rounded.unique().numel() <= 2  # the failure: one or two values for 8 rows
+    assert head_in_float32(model) == 1
+    assert head_in_float32(model) == 0  # idempotent
+    out = predict()
+    # (two rows' bf16 features may still coincide, hence not necessarily 8)
+    assert out.dtype == torch.float32 and out.unique().numel() >= rounded.unique().numel() + 4
+    with torch.no_grad(), autocast():
+        pooled = model.bert(input_ids=ids).pooler_output
+    expect = pooled.float() @ model.classifier.weight.T + model.classifier.bias
+    torch.testing.assert_close(out, expect.squeeze(-1), rtol=0, atol=1e-6)
+    # Gradients still reach the head's float32 parameters and the adapters below it.
+    with autocast():
+        loss = model(input_ids=ids, labels=torch.full((8,), 3.0)).loss
+    loss.backward()
+    assert model.classifier.weight.grad is not None and model.classifier.weight.grad.dtype == torch.float32
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)

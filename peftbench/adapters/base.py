@@ -129,6 +129,34 @@ def store_frozen_as(model: nn.Module, dtype: torch.dtype, head_modules: tuple[st
     return cast
 
 
+def head_in_float32(model: nn.Module, head_modules: tuple[str, ...] = HEAD_MODULES) -> int:
+    """Run the task head (the last Linear: class logits, a regression score, span logits) in float32 even under
+    autocast, in place; returns how many head modules were wrapped.
+
+    Why: under bf16 autocast a Linear returns bf16, whose 8 significant bits space values near an STS-B score
+    of 2.7 by 0.016 and span logits near 8 by 0.06, so the predictions of a model whose outputs differ by less
+    than that collapse to one value (a constant STS-B prediction has no correlation at all) and argmax breaks
+    ties by position; the loss is then taken on those rounded values too. The head is a few hundred
+    multiply-adds per example, so float32 costs nothing measurable. peft's wrapper of a saved head
+    (ModulesToSaveWrapper) is named like the head and is wrapped as a whole."""
+    wrapped = 0
+    for name, module in model.named_modules():
+        if name.rpartition(".")[2] not in head_modules or getattr(module, "_peftbench_fp32", False):
+            continue
+        module.forward = _float32_forward(module.forward)
+        module._peftbench_fp32 = True
+        wrapped += 1
+    return wrapped
+
+
+def _float32_forward(forward):
+    def run(x: torch.Tensor, *args, **kwargs):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return forward(x.float() if x.is_floating_point() else x, *args, **kwargs)
+
+    return run
+
+
 def count_params(model: nn.Module, head_modules: tuple[str, ...] = HEAD_MODULES) -> ParamReport:
     trainable = head = total = 0
     for name, p in model.named_parameters():

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from peftbench import registry
-from peftbench.adapters.base import ApplyPlan, store_frozen_as
+from peftbench.adapters.base import ApplyPlan, head_in_float32, store_frozen_as
 from peftbench.config import DEFAULT_TARGETS, ModelRef
 from peftbench.errors import UsageError
 from peftbench.harness.run.data import load_rows
@@ -168,6 +168,7 @@ def bare_loop(model_ref: ModelRef, cfg: E2EConfig, device: torch.device, autocas
         model = cls(cls.config_cls()).apply(model, ApplyPlan(steps, DEFAULT_TARGETS)).to(device).train()
         if cfg.precision != "fp32":
             store_frozen_as(model, _DTYPES[cfg.precision])  # as the runner does
+            head_in_float32(model)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         sched = linear_schedule(opt, int(cfg.warmup_ratio * steps), steps)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from peftbench import registry
-from peftbench.adapters.base import ApplyPlan, count_params, find_targets, store_frozen_as
+from peftbench.adapters.base import ApplyPlan, count_params, find_targets, head_in_float32, store_frozen_as
 from peftbench.config import DEFAULT_TARGETS
 from peftbench.harness.perf.profile import PeakAllocated
 from peftbench.harness.run.train import Stepper
@@ -121,6 +121,7 @@ def build_methods(
     def stored(model: nn.Module) -> nn.Module:
         if frozen_dtype is not None:
             store_frozen_as(model, frozen_dtype)
+            head_in_float32(model)
         return model
 
     runs: list[MethodRun] = []

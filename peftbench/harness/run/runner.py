@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench import registry
-from peftbench.adapters.base import ApplyPlan, store_frozen_as
+from peftbench.adapters.base import ApplyPlan, head_in_float32, store_frozen_as
 from peftbench.config import RunConfig
 from peftbench.errors import TrainingDiverged, UsageError
 from peftbench.harness.run.data import featurize_cached, train_and_eval_rows
@@ -134,6 +134,7 @@ def execute(
         if precision.precision != "fp32":
             # Frozen weights once in the autocast dtype, not cast again at every step; trainable ones stay fp32.
             store_frozen_as(model, torch.bfloat16 if precision.precision == "bf16" else torch.float16)
+            head_in_float32(model, plan.head_modules)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         trackers = open_trackers(log_to, {name: tracker_dir(path, name) for name in log_to})
         log.debug("%s: training starts, %d steps", record.run_id, total_steps)
