@@ -1,5 +1,6 @@
 """Learning curves from run records that evaluated every N steps (`--set eval_every=N`): for each record, the
-primary metric after each evaluation, the training minutes spent by then (train time x step / total steps), and
+primary metric after each evaluation, the training CPU minutes spent by then (the run's training CPU time x step /
+total steps: on one thread, wall time on an idle core; CPU time does not grow when other jobs share the machine), and
 the best constant predictor on the same rows (the majority label of the evaluated rows for classification,
 abstaining for SQuAD v2.0), so a reader sees after how many steps and minutes a run leaves the baseline.
 Usage:
@@ -47,17 +48,17 @@ def main(results: Path) -> str:
         c = rec.config
         task = registry.tasks.get(c.task)
         total = rec.train.total_steps or max(h["step"] for h in rec.metrics.history)
-        minutes = (rec.perf.train_seconds / 60) if rec.perf else None
+        minutes = (rec.perf.train_cpu_seconds / 60) if rec.perf else None
         budget = f" @{c.budget}" if c.budget else ""
         out += [
             f"## {c.task} / {c.method}{budget}, seed {c.seed}",
             "",
             f"- lr {c.method_config.get('lr') or c.train.lr}, {rec.data.train_rows} training rows, batch "
-            f"{c.train.batch_size}, {total} steps, {minutes:.1f} training minutes; evaluated on "
+            f"{c.train.batch_size}, {total} steps, {minutes:.1f} training CPU minutes; evaluated on "
             f"{', '.join(f'{k} ({v} rows)' for k, v in rec.data.eval_rows_per_split.items())}",
             f"- best constant predictor on those rows: {_baseline(task, _references(loaded.path))}",
             "",
-            f"| step | training minutes | {rec.metrics.primary_name} |",
+            f"| step | training CPU minutes | {rec.metrics.primary_name} |",
             "|---:|---:|---:|",
         ]
         for h in rec.metrics.history:
