@@ -278,12 +278,7 @@ def cmd_sweep(args) -> int:
             signal.signal(signal.SIGTERM, previous)
     if not args.no_leaderboard:
         _print_leaderboard(args.results, {p.config.config_hash for p in planned})
-    if outcome.failed:
-        print(f"{len(outcome.failed)} run(s) failed:", file=sys.stderr)
-        for f in outcome.failed:
-            print(f"  {f}", file=sys.stderr)
-        return 1
-    return 0
+    return outcome.exit_code()
 
 
 def _plan_table(planned) -> str:

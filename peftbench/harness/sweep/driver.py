@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -105,6 +106,15 @@ class SweepOutcome:
     elsewhere: int = 0  # finished by another process while this sweep waited for it
     failed: list[str] = field(default_factory=list)  # "label: why", for people
     why_failed: dict[str, str] = field(default_factory=dict)  # config hash -> why, for code
+
+    def exit_code(self, noun: str = "run") -> int:
+        """0, or 1 after listing the failed runs on stderr: how `sweep` and `tune` end."""
+        if not self.failed:
+            return 0
+        print(f"{len(self.failed)} {noun}(s) failed:", file=sys.stderr)
+        for f in self.failed:
+            print(f"  {f}", file=sys.stderr)
+        return 1
 
 
 @dataclass(frozen=True)

@@ -150,12 +150,7 @@ def cmd_tune(args) -> int:
 
         atomic_write_text(path, json.dumps(recipe_to_dict(recipe), indent=1) + "\n")
         print(f"wrote {path}")
-    if outcome.failed:
-        print(f"{len(outcome.failed)} tuning run(s) failed:", file=sys.stderr)
-        for f in outcome.failed:
-            print(f"  {f}", file=sys.stderr)
-        return 1
-    return 0
+    return outcome.exit_code("tuning run")
 
 
 def _expand_planned(requests, planned):
