@@ -103,9 +103,9 @@ def _alive(pid: int) -> bool:
     return _proc_state(pid) not in (None, "Z", "X")
 
 
-def _run_children(pid: int) -> list[int]:
-    """Live run processes (`peftbench run --resolved`, past exec) whose parent is `pid`."""
-    out = []
+def _processes() -> dict[int, tuple[int, str, bytes]]:
+    """pid -> (parent pid, state, command line) of every live process."""
+    out = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -114,9 +114,20 @@ def _run_children(pid: int) -> list[int]:
             cmdline = (d / "cmdline").read_bytes()
         except (OSError, IndexError):
             continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X") and b"--resolved" in cmdline:
-            out.append(int(d.name))
+        out[int(d.name)] = (int(fields[1]), fields[0], cmdline)
     return out
+
+
+def _run_children(pid: int) -> list[int]:
+    """Live run processes of the sweep `pid`: `peftbench run --resolved` (past exec) whose parent is `pid`, or
+    the processes its warm server (a forkserver child of `pid`) forked."""
+    procs = _processes()
+    servers = {p for p, (pp, _, cmd) in procs.items() if pp == pid and b"forkserver" in cmd}
+    return [
+        p
+        for p, (pp, state, cmd) in procs.items()
+        if state not in ("Z", "X") and ((pp == pid and b"--resolved" in cmd) or pp in servers)
+    ]
 
 
 def _wait_for(cond, what: str, timeout: float = 180.0):
@@ -172,7 +183,10 @@ def test_run_killed_mid_training_leaves_no_record_and_the_rerun_redoes_only_it(t
     assert SUMMARY.search(caplog.text).groups() == ("1", "1", "0", "0")
 
 
-def test_interrupted_sweep_stops_its_runs_and_a_killed_sweep_is_finished_by_the_rerun(tiny_model_dir, tmp_path, caplog):
+@pytest.mark.parametrize("warm_start", ["1", "0"])
+def test_interrupted_sweep_stops_its_runs_and_a_killed_sweep_is_finished_by_the_rerun(
+    tiny_model_dir, tmp_path, caplog, warm_start
+):
     results = tmp_path / "res"
     steps = "max_steps=30"
     argv = [*_sweep(tiny_model_dir, results, "0,1,2", "--jobs", "2"), *_sets(steps)]
@@ -181,6 +195,7 @@ def test_interrupted_sweep_stops_its_runs_and_a_killed_sweep_is_finished_by_the_
     before = _snapshot(recs[0])
     threads = max(1, executors.cpu_count() // 2)
     env = _env(threads=None)  # the sweep chooses the children's thread count
+    env["PEFTBENCH_WARM_START"] = warm_start
     started: list[int] = []
     try:
         # Ctrl-C: the runs in flight are stopped, nothing is recorded for them, one line says what is left.
@@ -189,8 +204,9 @@ def test_interrupted_sweep_stops_its_runs_and_a_killed_sweep_is_finished_by_the_
         started += [a.pid]
         kids = _wait_for(lambda: _run_children(a.pid), "sweep A to start runs")
         started += kids
-        environ = Path(f"/proc/{kids[0]}/environ").read_bytes().split(b"\0")
-        assert f"OMP_NUM_THREADS={threads}".encode() in environ
+        if warm_start == "0":  # a forked run sets its environment after start; its record shows the threads
+            environ = Path(f"/proc/{kids[0]}/environ").read_bytes().split(b"\0")
+            assert f"OMP_NUM_THREADS={threads}".encode() in environ
         a.send_signal(signal.SIGINT)
         assert a.wait(timeout=120) == 130
         last = (tmp_path / "a.log").read_text().strip().splitlines()[-1]

@@ -27,7 +27,7 @@ class HeadAdapter(Adapter):
     default_lr = 1e-3
     # A linear probe on frozen features takes far larger steps than fine-tuning (its loss is convex).
     # 1e-1: 5e-2, the old top, won on the standard profile's QQP, STS-B, MNLI and MRPC dev splits.
-    tune_grid = {"lr": (1e-3, 1e-2, 5e-2, 1e-1)}
+    tune_grid = {"lr": (1e-3, 1e-2, 5e-2, 1e-1, 2e-1)}
     budgeted = False
     is_probe = True
 

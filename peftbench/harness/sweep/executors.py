@@ -12,12 +12,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from peftbench.config import RunConfig, canonical_json
+from peftbench.harness.sweep import warm
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +103,22 @@ class Children:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._procs: set[subprocess.Popen] = set()
+        self._procs: set[Any] = set()  # Popen or WarmProcess
         self.stopping = False
 
     def spawn(self, cmd: list[str], **kw: Any) -> subprocess.Popen | None:
+        return self.start(lambda: subprocess.Popen(cmd, **kw))
+
+    def start(self, launch: Callable[[], Any]) -> Any:
+        """`launch()` (a Popen or a WarmProcess) unless the sweep is stopping; None if it is."""
         with self._lock:  # no child may start after stop_all() has taken its list
             if self.stopping:
                 return None
-            proc = subprocess.Popen(cmd, **kw)
+            proc = launch()
             self._procs.add(proc)
             return proc
 
-    def discard(self, proc: subprocess.Popen) -> None:
+    def discard(self, proc: Any) -> None:
         with self._lock:
             self._procs.discard(proc)
 
@@ -146,7 +151,8 @@ def run_in_subprocess(
     save_adapter: bool = False,
     log_to: tuple[str, ...] = (),
 ) -> int:
-    """One run in a fresh interpreter: a crash or out-of-memory kills that run only, and its peak memory is
+    """One run in a fresh process (a new interpreter, or with a sweep's `children` one forked from the warm
+    server, warm.py): a crash or out-of-memory kills that run only, and its peak memory is
     its own. The child inherits the config's lock, so the config stays locked while it lives. It gets its own
     session: Ctrl-C reaches the sweep, which stops it. With `slots`, it runs with a slot's environment (its
     GPU); `device` is passed on as `run --device`. Returns the child's exit code (negative: signal)."""
@@ -177,7 +183,10 @@ def _run_child(
         kw = dict(env=child_env(jobs, extra), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
         if children is None:
             return subprocess.run(cmd, **kw).returncode
-        proc = children.spawn(cmd, **kw)
+        if warm.available():  # forked from a server that imported torch once (warm.py)
+            proc = children.start(lambda: warm.WarmProcess(cmd[cmd.index("run") :], kw["env"], lock_fd))
+        else:
+            proc = children.spawn(cmd, **kw)
         if proc is None:
             raise KeyboardInterrupt  # the sweep is stopping
         try:
