@@ -65,12 +65,15 @@ def test_markdown_marks_ties_baselines_and_explains_itself(results):
     # lora and dora tie at the top (one example apart per seed); full and head are separated below them.
     assert "| dora | 0.3M | **89.00 ± 0.50** |" in sst2
     assert "| lora | 0.3M | **88.50 ± 0.50** |" in sst2
-    assert "| full | - | 75.50 ± 0.50 |" in sst2 and "| head | - | 60.50 ± 0.50 |" in sst2
+    assert "| full | - | 75.50 ± 0.50 | 3 | +25.50 (p<0.001) |" in sst2
+    # 10.5 points above the majority class on 200 examples is p = 0.017: not "learned" at the leaderboard's α 0.01.
+    assert "| head | - | 60.50 ± 0.50† | 3 | +10.50 (p=0.017) |" in sst2
     assert "| trivial: majority class (" in sst2  # the baseline is a row of the table, computed from training rows
     assert re.search(r"\| bitfit \| - \| 50\.00 ± 0\.00† \|", sst2)  # never left the majority class
     for line in ("mean ± std over n seeds", "† not learned: not better than the trivial baseline (one-sided paired "
                  "t-test", "bold: best mean and every method not significantly worse", "Holm over 4 comparison(s)",
-                 "minimum detectable difference at 3 seed(s) and 200 examples", "trivial baseline: label"):  # fmt: skip
+                 "minimum detectable difference at 3 seed(s) and 200 examples", "trivial baseline: label",
+                 "vs trivial: the row's mean minus the trivial baseline", "α = 0.01)"):  # fmt: skip
         assert line in sst2, line
     # rte: nothing separates the two, so nothing is bold, and the legend says why.
     rte = table_of(md, "rte @ 0.3M (profile quick)")

@@ -10,13 +10,15 @@ builds `MethodRuns` per row and asks here how to render each of them.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from peftbench.harness.report.baselines import Baseline
-from peftbench.harness.report.formats import Mark
+from peftbench.harness.report.baselines import MSE, Baseline
+from peftbench.harness.report.formats import Cell, Mark
 from peftbench.harness.report.significance import (
     ALPHA,
+    LEARNED_ALPHA,
     MIN_SEEDS,
     DetectableDifference,
     LearnedTest,
@@ -51,6 +53,16 @@ class TableClaims:
             return (UNTESTED,) if any(m.key == UNTESTED for m in self.mark_defs) else ()
         return (NOT_LEARNED,) if t.not_learned else ()
 
+    def versus_trivial(self, name: str, scale: float = 1.0) -> Cell:
+        """The row's margin over the trivial baseline on the learned test's metric, with the test's one-sided p."""
+        t = self.learned.get(name)
+        if t is None or t.not_learned is None or math.isnan(t.margin):
+            return Cell("-", math.nan)
+        p = "p<0.001" if t.p < 0.001 else f"p={t.p:.3f}"
+        if t.metric == MSE:  # lower is better; unscaled, as the baseline's mse line prints it
+            return Cell(f"mse {t.margin:+.4f} ({p})", t.margin)
+        return Cell(f"{t.margin * scale:+.2f} ({p})", t.margin * scale)
+
     def legend(self, scale: float = 1.0, unit: str = "") -> tuple[str, ...]:
         """Top-group line, baseline line, MDD line; the marks' meanings come with `mark_defs`."""
         b = self.baseline
@@ -67,11 +79,14 @@ def judge_table(
     min_seeds: int = MIN_SEEDS,
     resamples: int = 1000,
     seed: int = 0,
+    learned_alpha: float = LEARNED_ALPHA,
 ) -> TableClaims:
-    """Top group, per-row learned test and the table's MDD, with the marks a renderer needs."""
+    """Top group, per-row learned test (at `learned_alpha`) and the table's MDD, with the marks a renderer needs."""
     group = top_group(task, runs, references, alpha, "holm", min_seeds, resamples, seed)
     refs = references if references is not None else ()
-    learned = {r.name: learned_test(task, r, refs, baseline, alpha, 2 * resamples, seed) for r in runs if r.scores}
+    learned = {
+        r.name: learned_test(task, r, refs, baseline, learned_alpha, 2 * resamples, seed) for r in runs if r.scores
+    }
     mdd = table_mdd(task, runs, references, alpha, 0.8, min_seeds, resamples, seed)
     defs = []
     tested = [t for t in learned.values() if t.not_learned is not None]

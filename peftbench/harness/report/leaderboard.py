@@ -41,6 +41,10 @@ MEMORY_KINDS = {
     "cuda_max_allocated": "the CUDA caching allocator's peak of allocated tensor bytes on the run's GPU "
     "(torch.cuda.max_memory_allocated; the process's host memory is not included)",
 }
+VERSUS_TRIVIAL = (
+    "vs trivial: the row's mean minus the trivial baseline on the learned test's metric (the primary metric, or "
+    "for regression the mean squared error, where lower is better), and that test's one-sided p; † marks p ≥ α"
+)
 VARIANT_NOTE = "variant: the settings in which runs of one method differ; runs of different variants never pool"
 IMPLEMENTATION_NOTE = "implementation: whose layers ran the method, peftbench's own (native) or peft's tuners (peft)"
 
@@ -173,7 +177,8 @@ def task_table(j: Judged) -> Table:
     # renderings committed from them) stay as they were.
     impls = [implementation(r) for r in j.rows]
     show_impl = any(i != NATIVE for i in impls)
-    headers = ["method", *(["implementation"] if show_impl else []), "budget", f"{primary} (primary)", "n", *others]
+    headers = ["method", *(["implementation"] if show_impl else []), "budget", f"{primary} (primary)", "n"]
+    headers += ["vs trivial", *others]
     headers += ["adapter params"]
     headers += ["peak adapter params"] if show_peak else []
     headers += ["trainable", "samples/s", "peak MiB"]
@@ -190,6 +195,7 @@ def task_table(j: Judged) -> Table:
             Cell(r["budget"]),
             Cell(_pm(r.get("primary.mean"), r.get("primary.std"), scale), _num(r.get("primary.mean")), bold, marks),
             Cell(f"{n} ({failed} failed)" if failed else str(n), n),
+            j.claims.versus_trivial(name, scale) if j.claims else Cell("-", math.nan),
             *(
                 Cell(_pm(r.get(f"metric.{m}.mean"), r.get(f"metric.{m}.std"), scale), _num(r.get(f"metric.{m}.mean")))
                 for m in others
@@ -216,6 +222,7 @@ def task_table(j: Judged) -> Table:
     legend = [READING]
     if j.claims is not None:
         legend += j.claims.legend(scale, " points")
+        legend.append(VERSUS_TRIVIAL)
     elif baseline is not None:
         legend.append(f"no method has a result to judge; trivial baseline: {baseline.note or baseline.name}")
     if baseline is not None:
@@ -250,6 +257,7 @@ def _baseline_row(
         Cell(NO_BUDGET),
         value(primary),
         Cell("-", math.nan),
+        Cell("-", math.nan),  # vs trivial
         *(value(m) for m in others),
     ]
     cells += [Cell("-", math.nan)] * (width - len(cells))
