@@ -18,7 +18,8 @@ DATA ?= sample
 MODEL ?= minilm-l6
 PROFILE ?= quick
 RESULTS ?= results
-JOBS ?= 1
+# Runs at once, each with cores/JOBS threads (on 2 cores, two one-thread runs beat one two-thread run at a time).
+JOBS ?= 2
 # auto: the first GPU when there is one, else the CPU (make perf: cpu unless DEVICE=cuda).
 DEVICE ?= auto
 # auto: bf16 where the hardware multiplies it natively (GPUs with bf16, CPUs with AMX/AVX512-BF16), else fp32.
