@@ -14,6 +14,8 @@ run --task rte --method full --set dev_rows=500 --set train_rows=0 --set epochs=
 # CoLA: every row three times, LoRA at 0.3M (the recipe: 4,000 rows once).
 run --task cola --method lora --budget 0.3M --set dev_rows=500 --set train_rows=0 --set epochs=3 --set eval_every=100
 wait
+# STS-B: 4,000 rows twice, LoRA at 0.3M (the recipe: 2,000 rows once); its Pearson stays near 0 on validation.
+run --task stsb --method lora --budget 0.3M --set dev_rows=500 --set train_rows=4000 --set epochs=2 --set eval_every=50
 # SQuAD v1.1 and v2.0: 1,600 questions in batches of 4 (400 steps; the recipe: 100), LoRA at 0.3M.
 run --task squad --method lora --budget 0.3M --set dev_rows=300 --set train_rows=1600 --set eval_every=50 &
 run --task squad_v2 --method lora --budget 0.3M --set dev_rows=300 --set train_rows=1600 --set eval_every=50
