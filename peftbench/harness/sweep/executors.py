@@ -48,14 +48,24 @@ def resolved_file(config_json: str) -> Iterator[str]:
         Path(f.name).unlink(missing_ok=True)
 
 
+INTERPRETER = [sys.executable, "-m", "peftbench"]
+
+
+def run_args(
+    cfg_file: str, results: str, quiet: bool, save_adapter: bool = False, log_to: tuple[str, ...] = ()
+) -> list[str]:
+    """The `peftbench` arguments of one run: after INTERPRETER in a new process, or to `main` in a forked one."""
+    args = ["run", "--resolved", cfg_file, "--results", results]
+    if log_to:
+        args += ["--log-to", ",".join(log_to)]
+    return args + ["--quiet"] * quiet + ["--save-adapter"] * save_adapter
+
+
 def run_command(
     cfg_file: str, results: str, quiet: bool, save_adapter: bool = False, log_to: tuple[str, ...] = ()
 ) -> list[str]:
     """The child process every out-of-process executor starts for one run."""
-    cmd = [sys.executable, "-m", "peftbench", "run", "--resolved", cfg_file, "--results", results]
-    if log_to:
-        cmd += ["--log-to", ",".join(log_to)]
-    return cmd + ["--quiet"] * quiet + ["--save-adapter"] * save_adapter
+    return INTERPRETER + run_args(cfg_file, results, quiet, save_adapter, log_to)
 
 
 def cpu_count() -> int:
@@ -177,14 +187,15 @@ def _run_child(
     log_to: tuple[str, ...] = (),
 ) -> int:
     with resolved_file(canonical_json(cfg)) as cfg_file:
-        cmd = run_command(cfg_file, str(results), quiet, save_adapter, log_to)
+        args = run_args(cfg_file, str(results), quiet, save_adapter, log_to)
         if device is not None:
-            cmd += ["--device", device]
+            args += ["--device", device]
+        cmd = INTERPRETER + args
         kw = dict(env=child_env(jobs, extra), pass_fds=() if lock_fd is None else (lock_fd,), start_new_session=True)
         if children is None:
             return subprocess.run(cmd, **kw).returncode
         if warm.available():  # forked from a server that imported torch once (warm.py)
-            proc = children.start(lambda: warm.WarmProcess(cmd[cmd.index("run") :], kw["env"], lock_fd))
+            proc = children.start(lambda: warm.WarmProcess(args, kw["env"], lock_fd))
         else:
             proc = children.spawn(cmd, **kw)
         if proc is None:
