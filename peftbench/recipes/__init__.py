@@ -39,6 +39,7 @@ class Chosen:
     seeds: tuple[int, ...] = ()
     budget: str | None = None
     metric: str = ""
+    unstable: Mapping[str, str] = field(default_factory=dict)  # str(grid value) -> why tune set it aside
 
     def spread(self) -> tuple[float, float] | None:
         """(worst, best) dev score over the grid: how much the method depends on this choice."""
@@ -122,6 +123,7 @@ def _chosen(v: Any) -> Chosen:
         tuple(v.get("seeds", ())),
         v.get("budget"),
         v.get("metric", ""),
+        dict(v.get("unstable", {})),
     )
 
 
@@ -158,4 +160,5 @@ def _chosen_dict(c: Chosen) -> Any:
         "dev_rows": c.dev_rows,
         "seeds": list(c.seeds),
         "budget": c.budget,
+        **({"unstable": dict(c.unstable)} if c.unstable else {}),
     }

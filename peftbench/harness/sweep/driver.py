@@ -124,7 +124,7 @@ class _Result:
     error: str | None = None
 
 
-def _why(code: int, error: str | None) -> str:
+def _why(code: int, error: str | None, wrote_record: bool = False) -> str:
     if error:
         return error
     if code < 0:
@@ -133,6 +133,8 @@ def _why(code: int, error: str | None) -> str:
         except ValueError:
             name = f"signal {-code}"
         return f"run process killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    if wrote_record:
+        return f"run process exited with code {code} after writing its record"
     return f"run process exited with code {code} and wrote no record"
 
 
@@ -249,7 +251,7 @@ class _Sweep:
         rec = load_record(p.record)
         ok = r.code == 0 and rec.ok
         if not ok:
-            why = rec.record.error if rec.record else _why(r.code, r.error)
+            why = (rec.record.error if rec.record else None) or _why(r.code, r.error, rec.record is not None)
             outcome.failed.append(f"{p.label}: {why}")
             outcome.why_failed[p.config.config_hash] = str(why)
             log.warning("run failed: %s: %s", p.label, why)

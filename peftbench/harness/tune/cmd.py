@@ -5,6 +5,10 @@ Validation rows are never looked at: every tuning run has `dev_rows` set, so it 
 training rows and is scored on the held-out ones (see `harness.run.data.dev_split`). The runs are ordinary
 records (their hash differs from a leaderboard run's by `dev_rows`), so an interrupted tune resumes like a
 sweep and a rerun trains nothing.
+
+The winner is the best mean dev score among the stable grid points (choose.stable_best): a rate is set aside
+when one of its seeds, or of the next larger rate's, did not beat the trivial baseline on dev (stability.py).
+The recipe names what was set aside and why.
 """
 
 from __future__ import annotations
@@ -93,7 +97,8 @@ def cmd_tune(args) -> int:
     from peftbench import registry
     from peftbench.harness.run.plan import RunRequest
     from peftbench.harness.sweep.driver import plan, run_sweep
-    from peftbench.harness.tune.choose import GridPoint, best, record_choice
+    from peftbench.harness.tune.choose import GridPoint, record_choice, stable_best
+    from peftbench.harness.tune.stability import collapsed_seeds
     from peftbench.harness.tune.table import tune_table
     from peftbench.recipes import Recipe, load_recipe, recipe_path, recipe_to_dict
     from peftbench.records import atomic_write_text, load_record
@@ -127,23 +132,31 @@ def cmd_tune(args) -> int:
     path = args.recipe or recipe_path(args.profile)
     recipe = load_recipe(args.profile, path) or Recipe(args.profile, 1, {}, {}, {}, path)
     scores: dict[tuple[str, str, int], list[float]] = {}
-    for owner, p in zip(owners, by_request.values(), strict=True):
+    records: dict[tuple[str, str, int], dict[int, Path]] = {}
+    for owner, req, p in zip(owners, requests, by_request.values(), strict=True):
         rec = load_record(p.record).record
         if rec is not None and rec.status == "ok" and rec.metrics.primary is not None:
             scores.setdefault(owner, []).append(rec.metrics.primary)
+            records.setdefault(owner, {})[req.seed] = p.record
     results_points = {
-        (t, m): [GridPoint(t, m, pt, tuple(scores.get((t, m, i), ()))) for i, pt in enumerate(pts)]
+        (t, m): [
+            GridPoint(t, m, pt, tuple(scores.get((t, m, i), ())),
+                      collapsed_seeds(registry.tasks.get(t), records.get((t, m, i), {})))  # fmt: skip
+            for i, pt in enumerate(pts)
+        ]
         for (t, m), pts in combos.items()
     }
     for (task, method), points in results_points.items():
         spec = registry.tasks.get(task)
-        winner = best(points, spec.higher_is_better)
+        winner, rejected = stable_best(points, spec.higher_is_better)
         if winner is None:
             log.warning("%s/%s: no grid point finished; nothing chosen", task, method)
             continue
+        for i, why in rejected.items():
+            log.info("%s/%s: %s set aside (%s)", task, method, points[i].label(), why)
         recipe = record_choice(recipe, task, method, points, winner, dev_rows=args.dev_rows, seeds=args.seeds,
                                budget=args.budget if registry.adapters.get(method).budgeted else None,
-                               metric=spec.primary_metric)  # fmt: skip
+                               metric=spec.primary_metric, rejected=rejected)  # fmt: skip
     print(tune_table(recipe, results_points))
     if args.write:
         import json
