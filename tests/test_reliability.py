@@ -290,6 +290,32 @@ def test_sigterm_stops_a_sweep_like_ctrl_c(tiny_model_dir, tmp_path, monkeypatch
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.parametrize("warm_start", ["1", "0"])
+def test_sigterm_to_tune_stops_its_runs_instead_of_orphaning_them(tiny_model_dir, tmp_path, warm_start):
+    # Every command that runs a sweep, not only `sweep`: a killed `tune` or `regress` must not leave its runs
+    # (in their own sessions) training on, writing records nobody waits for.
+    argv = ["tune", "--tasks", "sst2", "--methods", "lora", "--grid", "lr=1e-3,2e-3", "--dev-rows", "40",
+            "--model", str(tiny_model_dir), "--profile", "quick", "--results", str(tmp_path / "res"),
+            "--recipe", str(tmp_path / "recipe.json"), "--quiet", "--budget", "2K", "--jobs", "2",
+            *_sets("max_steps=400")]  # fmt: skip
+    env = _env()
+    env["PEFTBENCH_WARM_START"] = warm_start
+    with open(tmp_path / "t.log", "w") as out:
+        proc = subprocess.Popen(_cli(*argv), stdout=out, stderr=subprocess.STDOUT, env=env)
+    kids: list[int] = []
+    try:
+        kids = _wait_for(lambda: _run_children(proc.pid), "tune to start runs")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130, (tmp_path / "t.log").read_text()[-2000:]
+        _wait_for(lambda: not any(_alive(k) for k in kids), "the stopped runs to be gone", timeout=10)
+        assert not _json_records(tmp_path / "res")
+        assert "interrupted" in (tmp_path / "t.log").read_text()
+    finally:
+        for pid in [proc.pid, *kids]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_a_config_locked_by_another_process_is_waited_for_not_rerun(tiny_model_dir, tmp_path, monkeypatch):
     results = tmp_path / "res"
     planned = sweep_mod.plan(

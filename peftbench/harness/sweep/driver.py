@@ -337,6 +337,10 @@ def run_sweep(
     runner = _executor(executor, ray_address, ray_resources, device, gpu_envs, save_adapter, log_to)
     sweep = _Sweep(results, runner, runner.slots(jobs), _Progress(len(todo), progress))
     start = time.perf_counter()
+    # `kill <pid>` (a scheduler's stop) ends any command running a sweep (sweep, tune, regress) like Ctrl-C: its
+    # runs are stopped, not orphaned in their own sessions.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
     try:
         if sweep.jobs <= 1:
             sweep.run_serial(todo, outcome, on_done)
@@ -346,6 +350,8 @@ def run_sweep(
         sweep.stop_all()
         raise
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         sweep.progress.close()
         runner.close()
     took, o = time.perf_counter() - start, outcome
