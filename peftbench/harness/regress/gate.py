@@ -15,7 +15,8 @@ exactly 0 on every row ("pass, identical").
 
 Allowed drop: see `rule.py` (the tighter of a seed-spread and a paired per-example estimate, at most three
 points). An update refuses a suite row that did not learn (not better than the task's trivial baseline at
-alpha = 0.01): a row at chance or the majority class cannot show a regression.
+alpha = 0.01), pooled over its seeds or on any one seed alone: a row (or seed) at chance or the majority class
+cannot show a regression.
 
 Exit codes: 0 every row passes (or is "new": no baseline row, e.g. a new method), 1 at least one regression,
 2 the suite could not run (a failed run, a missing or unreadable baseline, bad input). A failed run wins over
@@ -485,12 +486,35 @@ def _learned(run: SuiteRun) -> dict[tuple[str, str], tuple[float | None, str]]:
     return out
 
 
+def _seeds_unlearned(run: SuiteRun) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """Per row, the seeds that alone do not beat the trivial baseline: a row can pass pooled while two of its
+    three seeds sit at the majority class, and such a row sees a loss on one seed only."""
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for key, r in run.rows.items():
+        if r.references is None:
+            continue
+        task = registry.tasks.get(r.task)
+        for seed, preds in sorted(r.predictions.items()):
+            p, _ = learned_p(task, r.method, {seed: r.values[seed]}, {seed: preds}, r.references, r.data,
+                             r.train_rows)  # fmt: skip
+            if p is not None and p > LEARNED_ALPHA:
+                out.setdefault(key, []).append((seed, p))
+    return out
+
+
 def _unlearned(run: SuiteRun, learned: dict[tuple[str, str], tuple[float | None, str]]) -> list[str]:
-    return [
+    rows = [
         f"{t}/{m} did not learn (p = {p:.3g} against the {name}, α = {LEARNED_ALPHA:g})"
         for (t, m), (p, name) in sorted(learned.items())
         if p is not None and p > LEARNED_ALPHA
     ]
+    seeds = [
+        f"{t}/{m} seed {s} did not learn on its own (p = {p:.3g}, α = {LEARNED_ALPHA:g})"
+        for (t, m), lost in sorted(_seeds_unlearned(run).items())
+        for s, p in lost
+        if (learned.get((t, m), (None,))[0] or 0.0) <= LEARNED_ALPHA
+    ]
+    return rows + seeds
 
 
 def _command(suite: Suite, reason: str, fresh: bool) -> str:
