@@ -298,7 +298,9 @@ def _e2e(data: dict) -> list[str]:
         md += ["", "## Harness overhead: a sweep of one run vs a bare loop doing the same steps", ""]
         md.append(
             f"SST-2, {cfg['rows']} training rows, 1 epoch, batch {cfg['batch_size']}, LoRA r=8, lr {cfg['lr']:g}; "
-            "same rows, tokens, batches, model and schedule, one after the other in this process. A run is timed "
+            "same rows, tokens, batches, model and schedule, one after the other in this process, after one untimed "
+            "harness run (oneDNN builds its kernels per shape on first use; the first run in a process pays for "
+            "them, whichever it is). A run is timed "
             "from the request to the record (sweep: plan, model hash, data load and checks, features, training, "
             f"evaluation on {cfg['eval_rows']} rows, record files); features are not cached beforehand."
         )
