@@ -336,7 +336,7 @@ def test_an_update_refuses_a_row_with_a_seed_at_the_majority_class():
     run = SuiteRun({("sst2", "lora"): row}, ran=3, reused=0)
     pooled = _learned(run)
     assert pooled[("sst2", "lora")][0] <= 0.01  # the row passes pooled ...
-    reasons = _unlearned(run, pooled)
+    reasons = _unlearned(pooled)
     assert reasons == [reasons[0]] and "sst2/lora seed 1 did not learn on its own" in reasons[0]  # ... not per seed
     row.predictions[1] = learned
-    assert _unlearned(run, _learned(run)) == []
+    assert _unlearned(_learned(run)) == []

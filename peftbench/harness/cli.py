@@ -7,9 +7,7 @@ import dataclasses
 import importlib
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from peftbench import __version__
@@ -248,9 +246,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         print(_plan_table(planned))
         return 0
-    # `kill <pid>` (a scheduler's stop) ends the sweep like Ctrl-C: its runs are stopped, not orphaned.
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
+    # `kill <pid>` ends the sweep like Ctrl-C (run_sweep turns SIGTERM into KeyboardInterrupt while it runs).
     try:
         outcome = api.run_planned(
             planned,
@@ -273,9 +269,6 @@ def cmd_sweep(args) -> int:
             file=sys.stderr,
         )
         return 130
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
     if not args.no_leaderboard:
         _print_leaderboard(args.results, {p.config.config_hash for p in planned})
     return outcome.exit_code()

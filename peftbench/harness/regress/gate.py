@@ -454,7 +454,7 @@ def regress(
     if failed:
         code = 2
         lines.append(f"suite incomplete: {len(failed)} row(s) failed to run")
-    elif update and (unlearned := _unlearned(run, learned := _learned(run))):
+    elif update and (unlearned := _unlearned(learned := _learned(run))):
         code = 2
         lines.append(
             "baseline NOT written: " + "; ".join(unlearned) + ". A row that does not beat its trivial baseline "
@@ -475,46 +475,34 @@ def regress(
     return RegressReport(code, verdicts, "\n".join(lines))
 
 
-def _learned(run: SuiteRun) -> dict[tuple[str, str], tuple[float | None, str]]:
-    out = {}
+Learned = dict[tuple[str, str], tuple[float | None, str, dict[int, float]]]  # row -> (p, baseline, p per seed)
+
+
+def _learned(run: SuiteRun) -> Learned:
+    out: Learned = {}
     for key, r in run.rows.items():
         if r.references is None or not r.predictions:
-            out[key] = (None, "")
+            out[key] = (None, "", {})
             continue
         task = registry.tasks.get(r.task)
         out[key] = learned_p(task, r.method, r.values, r.predictions, r.references, r.data, r.train_rows)
     return out
 
 
-def _seeds_unlearned(run: SuiteRun) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """Per row, the seeds that alone do not beat the trivial baseline: a row can pass pooled while two of its
-    three seeds sit at the majority class, and such a row sees a loss on one seed only."""
-    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    for key, r in run.rows.items():
-        if r.references is None:
+def _unlearned(learned: Learned) -> list[str]:
+    """Why an update must refuse: rows that did not learn pooled, then seeds of the other rows that did not alone
+    (such a row sees a loss on its other seeds only)."""
+    out = []
+    for (t, m), (p, name, per_seed) in sorted(learned.items()):
+        if p is not None and p > LEARNED_ALPHA:
+            out.append(f"{t}/{m} did not learn (p = {p:.3g} against the {name}, α = {LEARNED_ALPHA:g})")
             continue
-        task = registry.tasks.get(r.task)
-        for seed, preds in sorted(r.predictions.items()):
-            p, _ = learned_p(task, r.method, {seed: r.values[seed]}, {seed: preds}, r.references, r.data,
-                             r.train_rows)  # fmt: skip
-            if p is not None and p > LEARNED_ALPHA:
-                out.setdefault(key, []).append((seed, p))
+        out += [
+            f"{t}/{m} seed {s} did not learn on its own (p = {ps:.3g}, α = {LEARNED_ALPHA:g})"
+            for s, ps in per_seed.items()
+            if ps > LEARNED_ALPHA
+        ]
     return out
-
-
-def _unlearned(run: SuiteRun, learned: dict[tuple[str, str], tuple[float | None, str]]) -> list[str]:
-    rows = [
-        f"{t}/{m} did not learn (p = {p:.3g} against the {name}, α = {LEARNED_ALPHA:g})"
-        for (t, m), (p, name) in sorted(learned.items())
-        if p is not None and p > LEARNED_ALPHA
-    ]
-    seeds = [
-        f"{t}/{m} seed {s} did not learn on its own (p = {p:.3g}, α = {LEARNED_ALPHA:g})"
-        for (t, m), lost in sorted(_seeds_unlearned(run).items())
-        for s, p in lost
-        if (learned.get((t, m), (None,))[0] or 0.0) <= LEARNED_ALPHA
-    ]
-    return rows + seeds
 
 
 def _command(suite: Suite, reason: str, fresh: bool) -> str:

@@ -93,15 +93,20 @@ def paired_se(
 
 
 def learned_p(task, name: str, scores: Mapping[int, float], predictions: Mapping[int, Sequence], references,
-              data: str, train_rows: int) -> tuple[float | None, str]:  # fmt: skip
-    """One-sided p that the row beats the task's trivial baseline (the leaderboard's "learned?" test), and the
-    baseline's name; None when it cannot be tested."""
-    from peftbench.harness.report.baselines import training_labels, trivial_baseline
+              data: str, train_rows: int) -> tuple[float | None, str, dict[int, float]]:  # fmt: skip
+    """One-sided p that the row beats the task's trivial baseline (the leaderboard's "learned?" test), the
+    baseline's name, and the same test's p for each seed alone (a row can pass pooled while two of its three
+    seeds sit at the majority class); p is None when it cannot be tested."""
+    from peftbench.harness.report.baselines import trivial_baseline
+    from peftbench.harness.report.evidence import run_training_labels
     from peftbench.harness.report.significance import MethodRuns, learned_test
-    from peftbench.harness.run.data import load_rows
 
-    train = [] if task.head == "span" else training_labels(task, load_rows(task, data, task.train_split, train_rows))
-    baseline = trivial_baseline(task, train, list(references))
-    test = learned_test(task, MethodRuns(name, dict(scores), dict(predictions)), list(references), baseline,
-                        alpha=LEARNED_ALPHA)  # fmt: skip
-    return test.p, baseline.name
+    refs = list(references)
+    baseline = trivial_baseline(task, run_training_labels(task, data, train_rows), refs)
+
+    def p_of(seeds) -> float | None:
+        runs = MethodRuns(name, {s: scores[s] for s in seeds if s in scores}, {s: predictions[s] for s in seeds})
+        return learned_test(task, runs, refs, baseline, alpha=LEARNED_ALPHA).p
+
+    per_seed = {s: p for s in sorted(predictions) if (p := p_of([s])) is not None}
+    return p_of(list(predictions)), baseline.name, per_seed

@@ -86,8 +86,7 @@ def _baseline(task, rows: Sequence[RowRuns], references: list) -> Baseline:
         return _no_baseline(task, "the runs of this table trained on different rows (data or train_rows)")
     ((data, data_hash, train_rows),) = sources
     try:
-        # A span task's trivial answer (abstain) needs no training labels.
-        train = [] if task.head == "span" else training_labels(task, _train_rows(task, data, train_rows))
+        train = run_training_labels(task, data, train_rows)
         now = _fingerprint(task, data)
     except (UsageError, OSError, KeyError) as e:
         return _no_baseline(task, f"training rows unreadable here ({e})")
@@ -107,7 +106,15 @@ def _fingerprint(task, data: str) -> str:
     return data_fingerprint(task, data)
 
 
-def _train_rows(task, data: str, train_rows: int) -> list[dict]:
-    from peftbench.harness.run.data import load_rows
+def run_training_labels(task, data: str, train_rows: int, dev_rows: int = 0) -> list:
+    """The labels of the training rows a run with these settings trained on (its dev split held out), the input
+    of its trivial baseline; a span task's trivial answer (abstain) needs none. Raises what reading them raises."""
+    from peftbench.harness.run.data import load_rows, train_and_eval_rows
 
-    return load_rows(task, data, task.train_split, train_rows)
+    if task.head == "span":
+        return []
+    if dev_rows:
+        train, _ = train_and_eval_rows(task, data, train_rows, 0, dev_rows)
+    else:
+        train = load_rows(task, data, task.train_split, train_rows)
+    return training_labels(task, train)

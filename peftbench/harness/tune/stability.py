@@ -26,6 +26,7 @@ DEV_SPLIT = "dev"
 
 def learned_on_dev(task, record_file: Path) -> bool | None:
     """True/False: the run beat (or did not beat) its trivial baseline on dev at LEARNED_ALPHA; None: untestable."""
+    from peftbench.harness.report.baselines import trivial_baseline
     from peftbench.harness.report.compare import load_predictions
     from peftbench.harness.report.significance import LEARNED_ALPHA, MethodRuns, learned_test
     from peftbench.records import load_record
@@ -38,8 +39,6 @@ def learned_on_dev(task, record_file: Path) -> bool | None:
     except UsageError as e:
         log.debug("%s: %s", record_file, e)
         return None
-    from peftbench.harness.report.baselines import trivial_baseline
-
     t = rec.config.train
     labels = _training_labels(task.name, rec.config.data, t.train_rows, t.dev_rows)
     if labels is None:
@@ -56,21 +55,16 @@ def learned_on_dev(task, record_file: Path) -> bool | None:
     return None if flag is None else not flag
 
 
-@cache
+@cache  # every grid point of a task trains on the same rows: read them once per tune
 def _training_labels(task_name: str, data: str, train_rows: int, dev_rows: int) -> tuple | None:
-    """The labels the run trained on (a span task's trivial answer, abstaining, needs none)."""
     from peftbench import registry
-    from peftbench.harness.run.data import train_and_eval_rows
+    from peftbench.harness.report.evidence import run_training_labels
 
-    task = registry.tasks.get(task_name)
-    if task.head == "span":
-        return ()
     try:
-        train, _ = train_and_eval_rows(task, data, train_rows, 0, dev_rows)
-    except (UsageError, OSError) as e:
+        return tuple(run_training_labels(registry.tasks.get(task_name), data, train_rows, dev_rows))
+    except (UsageError, OSError, KeyError) as e:
         log.debug("%s: training rows unreadable (%s)", task_name, e)
         return None
-    return tuple(r[task.label_field] for r in train)
 
 
 def collapsed_seeds(task, records: Mapping[int, Path]) -> tuple[int, ...]:
