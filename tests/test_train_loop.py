@@ -83,3 +83,51 @@ def test_eval_never_merges(name):
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_optimizer_is_fused_adamw_and_the_record_names_it(tiny_model_dir, tmp_path):
+    rec = quick_run(tiny_model_dir, tmp_path)
+    assert rec.ok, rec.error
+    assert rec.env["optimizer"] == "AdamW (fused)"
+
+
+def test_fused_adamw_makes_adamw_s_update():
+    from peftbench.harness.run.train import adamw
+
+    torch.manual_seed(0)
+    ours = [torch.randn(64, 32, requires_grad=True), torch.randn(32, requires_grad=True)]
+    ref = [p.detach().clone().requires_grad_(True) for p in ours]
+    start = [p.detach().clone() for p in ours]
+    opt = adamw(
+        [{"params": ours[:1], "lr": 1e-2, "weight_decay": 0.1}, {"params": ours[1:], "lr": 3e-2, "weight_decay": 0.0}]
+    )
+    assert opt.defaults["fused"] is True
+    ref_opt = torch.optim.AdamW(
+        [{"params": ref[:1], "lr": 1e-2, "weight_decay": 0.1}, {"params": ref[1:], "lr": 3e-2, "weight_decay": 0.0}]
+    )
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in ours]
+        for p, q, g in zip(ours, ref, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref_opt.step()
+    for p, q, p0 in zip(ours, ref, start, strict=True):
+        assert (p != p0).all()
+        # The same update up to rounding order: float32's resolution at the weights' size, not a looser match.
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_adamw_falls_back_where_torch_has_no_fused_kernel(monkeypatch):
+    from peftbench.harness.run import train as train_mod
+
+    real = torch.optim.AdamW
+
+    def no_fused(params, fused=None, **kw):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused)
+    opt = train_mod.adamw([torch.zeros(3, requires_grad=True)], lr=0.1)
+    assert not opt.defaults.get("fused")
+    assert train_mod.optimizer_name(opt) == "AdamW (loop)"

@@ -151,7 +151,7 @@ def bare_loop(model_ref: ModelRef, cfg: E2EConfig, device: torch.device, autocas
     import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from peftbench.harness.run.train import length_grouped_batches, linear_schedule
+    from peftbench.harness.run.train import adamw, length_grouped_batches, linear_schedule
 
     with _stopwatch() as wall:
         train_rows, val_rows = _read_rows("train", cfg.rows), _read_rows("validation", cfg.eval_rows)
@@ -170,7 +170,7 @@ def bare_loop(model_ref: ModelRef, cfg: E2EConfig, device: torch.device, autocas
             store_frozen_as(model, _DTYPES[cfg.precision])  # as the runner does
             head_in_float32(model)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        opt = adamw(params, lr=cfg.lr, weight_decay=0.0)  # as the runner builds it
         sched = linear_schedule(opt, int(cfg.warmup_ratio * steps), steps)
         lengths = [len(x) for x in enc["input_ids"]]
         batches = length_grouped_batches(lengths, cfg.batch_size, np.random.default_rng(cfg.seed))

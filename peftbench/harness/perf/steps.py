@@ -25,7 +25,7 @@ from peftbench import registry
 from peftbench.adapters.base import ApplyPlan, count_params, find_targets, head_in_float32, store_frozen_as
 from peftbench.config import DEFAULT_TARGETS
 from peftbench.harness.perf.profile import PeakAllocated
-from peftbench.harness.run.train import Stepper
+from peftbench.harness.run.train import Stepper, adamw
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class _PeftHooks:
 
 def _step(model: nn.Module, hooks, lr: float, accelerator) -> Callable[[dict[str, torch.Tensor], int], None]:
     """The harness's own training step (run.train.Stepper) on one batch."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], lr=lr)
     stepper = Stepper(model, hooks, opt, accelerator, max_grad_norm=1.0)
     return lambda batch, i: stepper([batch], i)
 

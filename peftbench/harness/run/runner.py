@@ -144,6 +144,7 @@ def execute(
                 trackers,
             )
         )  # fmt: skip
+        env["optimizer"] = result.optimizer
         params = Params(**dataclasses.asdict(adapter.param_report(model)))
         adapter_file = save_adapter_files(adapter, model, path, cfg).name if save_adapter else None
         _write_predictions(path, result.scored)

@@ -162,6 +162,28 @@ class TrainResult:
     loss_history: list[list[float]] = field(default_factory=list)
     perf: Perf = field(default_factory=Perf)
     steps: int = 0
+    optimizer: str = ""
+
+
+def adamw(param_groups: list, **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel wherever torch has one for the parameters' device (CPU and CUDA), else
+    its default implementation.
+
+    Why: off CUDA torch's default is a Python loop of about seven element-wise passes per parameter; on CPU
+    that loop was a quarter of a full fine-tuning step in bf16 (SST-2 batches, one thread: 448 ms a step, 336 ms
+    fused) and the loop's `sqrt` alone cost more than the frozen floor's dropout. The update is AdamW's to the
+    last bit or two (rounding order differs), and it is what HF Trainer uses by default since torch 2.8."""
+    try:
+        return torch.optim.AdamW(param_groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError) as e:  # a device or dtype without the kernel
+        log.debug("fused AdamW unavailable (%s); using the default implementation", e)
+        return torch.optim.AdamW(param_groups, **kwargs)
+
+
+def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """How a record names the optimizer that ran, e.g. "AdamW (fused)"."""
+    kind = "fused" if optimizer.defaults.get("fused") else "foreach" if optimizer.defaults.get("foreach") else "loop"
+    return f"{type(optimizer).__name__} ({kind})"
 
 
 @dataclass
@@ -213,7 +235,7 @@ def train(ctx: TrainContext) -> TrainResult:
     model.to(device)
     model.train()
     # The adapter decides the groups (LoRA+ gives B its own learning rate); every group decays as it says.
-    optimizer = torch.optim.AdamW(ctx.adapter.param_groups(model, cfg.lr, cfg.weight_decay))
+    optimizer = adamw(list(ctx.adapter.param_groups(model, cfg.lr, cfg.weight_decay)))
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     if accelerator.mixed_precision == "fp16":
         # Only a prepared optimizer gets the loss scaler's unscale, its skip of overflowed steps and its scale update.
@@ -289,7 +311,7 @@ def train(ctx: TrainContext) -> TrainResult:
         train_examples=examples,
         train_tokens=tokens,
     )
-    return TrainResult(metrics, scored, eval_history, loss_history, perf, total_steps)
+    return TrainResult(metrics, scored, eval_history, loss_history, perf, total_steps, optimizer_name(optimizer))
 
 
 def _log_eval(trackers, metrics: dict[str, float], step: int) -> None:
