@@ -131,3 +131,12 @@ def test_adamw_falls_back_where_torch_has_no_fused_kernel(monkeypatch):
     opt = train_mod.adamw([torch.zeros(3, requires_grad=True)], lr=0.1)
     assert not opt.defaults.get("fused")
     assert train_mod.optimizer_name(opt) == "AdamW (loop)"
+
+
+def test_the_optimizer_name_sees_through_accelerate_s_wrapper():
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from peftbench.harness.run.train import adamw, optimizer_name
+
+    wrapped = AcceleratedOptimizer(adamw([torch.zeros(3, requires_grad=True)], lr=0.1), device_placement=False)
+    assert optimizer_name(wrapped) == "AdamW (fused)"
