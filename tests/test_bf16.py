@@ -206,6 +206,40 @@ def test_dora_magnitude_change_below_bf16_resolution_moves_the_output(path, stor
         assert mine.magnitude.grad.dtype == torch.float32 and mine.magnitude.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_scale_rows_in_blocks_equals_one_float32_pass(with_bias):
+    """The CPU path for a bf16 h and a float32 g widens a block of rows at a time (torch's mixed-dtype kernel is
+    a scalar loop): the result must be the one float32 pass rounded once, bit for bit, over several blocks, a
+    partial last block and a strided h (the fused layer's output is a view of a wider product)."""
+    torch.manual_seed(0)
+    wide = torch.randn(3, 300, 392).to(BF16)
+    h = wide[..., :384]  # 900 rows: blocks of 341, the last one partial
+    g = torch.rand(384) + 0.5
+    bias = torch.randn(384).to(BF16) if with_bias else None
+    expected = (h.float() * g if bias is None else torch.addcmul(bias.float(), h.float(), g)).to(BF16)
+    with torch.no_grad():
+        got = lora_mod.scale_rows(h, g, bias)
+    assert got.dtype == BF16 and got.shape == h.shape and got.is_contiguous()
+    assert torch.equal(got, expected)
+
+
+def test_column_dot_of_bf16_rows_is_summed_in_float32():
+    """DoRA's magnitude gradient sum_t dy[t, j] h[t, j]: widened before multiplying, as peft's float32 autograd
+    does, not a bf16 product (8 bits) per term. Measured: 1e-7 relative to float64, where bf16 products give
+    about 1e-3."""
+    torch.manual_seed(0)
+    a = torch.randn(1000, 384).to(BF16)
+    b = torch.randn(1000, 392).to(BF16)[:, :384]
+    exact = (a.double() * b.double()).sum(0)
+    got = lora_mod._column_dot(a, b)
+    assert got.dtype == torch.float32
+    assert rel_err(got.double(), exact) < 1e-6
+    bf16_products = (a * b).float().sum(0).double()
+    assert rel_err(bf16_products, exact) > 1e-4  # the tolerance above tells the two apart
+    a32, b32 = a.float(), b.float()
+    assert torch.allclose(lora_mod._column_dot(a32, b32), (a32 * b32).sum(0), rtol=1e-5, atol=1e-4)
+
+
 # --- storing the frozen model in bf16 ------------------------------------------------------------------------
 
 
